@@ -8,3 +8,7 @@
 
 #include <tether/impl/error.ipp>
 #include <tether/impl/wait.ipp>
+#include <tether/impl/context.ipp>
+#include <tether/impl/affine_executor.ipp>
+#include <tether/impl/task_manager.ipp>
+#include <tether/impl/session_manager.ipp>

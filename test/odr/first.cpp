@@ -1,10 +1,5 @@
 // SPDX-License-Identifier: BSL-1.0
 // One of two translation units that include all of tether header-only; the link fails on a non-inline definition.
-#include <tether/tether.hpp>
-
 #include "uses.hpp"
 
-std::string first_unit() {
-  const tether::error e(tether::errc::timeout, "tether::odr_test: first");
-  return fmt::format("{}:{}", e.code().category().name(), tether::to_string(e.value()));
-}
+std::string first_unit() { return use_everything("first"); }

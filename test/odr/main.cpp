@@ -7,7 +7,7 @@
 #include <cstdio>
 
 int main() {
-  const bool same = first_unit() == "tether:timeout" && second_unit() == "tether:timeout";
+  const bool same = first_unit() == "tether:timeout:first:6" && second_unit() == "tether:timeout:second:6";
   // Function-local statics of inline functions must be one object across translation units.
   const bool one_category = &tether::category() == &tether::make_error_code(tether::errc::abandoned).category();
   std::printf("odr: %s\n", same && one_category ? "ok" : "FAILED");

@@ -16,7 +16,7 @@ namespace tether::inline v1::detail {
 using steady_clock = std::chrono::steady_clock;
 
 /// Tells the CPU that we are spinning, so a sibling hyper-thread gets the core.
-inline void cpu_relax() noexcept {
+inline void spin_pause() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #elif defined(__aarch64__)
@@ -72,7 +72,7 @@ private:
       for (int i = 0; i < 64; ++i) {
         // relaxed: only a hint; take_token()'s acquire is what orders us after the waker.
         if (state_.load(std::memory_order_relaxed) == notified && take_token()) return true;
-        cpu_relax();
+        spin_pause();
       }
       if (steady_clock::now() >= until) return false;
     }

@@ -1,0 +1,299 @@
+// SPDX-License-Identifier: BSL-1.0
+// tether::task_manager beside its peers: throughput of no-op tasks, submit->start latency (idle and busy), polling.
+#include <tether/task_manager.hpp>
+
+#include <benchmark/benchmark.h>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <concurrentqueue/blockingconcurrentqueue.h>
+#include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+constexpr unsigned workers = 2;
+
+// ---- the pools --------------------------------------------------------------------------------------------------
+
+/// The floor: a std::deque of std::function behind one mutex and condition variable.
+class condvar_pool {
+public:
+  condvar_pool() {
+    for (unsigned i = 0; i < workers; ++i) threads_.emplace_back([this] { loop(); });
+  }
+  ~condvar_pool() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  template <class Fn>
+  void post(Fn&& fn) {
+    {
+      std::lock_guard lock(mutex_);
+      queue_.emplace_back(std::forward<Fn>(fn));
+    }
+    cv_.notify_one();
+  }
+
+private:
+  void loop() {
+    for (;;) {
+      std::unique_lock lock(mutex_);
+      cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      auto fn = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      fn();
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+/// moodycamel's BlockingConcurrentQueue with a null function as the stop signal.
+class moodycamel_pool {
+public:
+  moodycamel_pool() {
+    for (unsigned i = 0; i < workers; ++i) threads_.emplace_back([this] {
+      std::function<void()> fn;
+      for (;;) {
+        queue_.wait_dequeue(fn);
+        if (!fn) return;
+        fn();
+      }
+    });
+  }
+  ~moodycamel_pool() {
+    for (unsigned i = 0; i < workers; ++i) queue_.enqueue(std::function<void()>());
+    for (auto& t : threads_) t.join();
+  }
+  template <class Fn>
+  void post(Fn&& fn) {
+    queue_.enqueue(std::function<void()>(std::forward<Fn>(fn)));
+  }
+
+private:
+  moodycamel::BlockingConcurrentQueue<std::function<void()>> queue_;
+  std::vector<std::thread> threads_;
+};
+
+class asio_pool {
+public:
+  template <class Fn>
+  void post(Fn&& fn) {
+    boost::asio::post(pool_, std::forward<Fn>(fn));
+  }
+  ~asio_pool() { pool_.join(); }
+
+private:
+  boost::asio::thread_pool pool_{workers};
+};
+
+class tbb_pool {
+public:
+  tbb_pool() : arena_(static_cast<int>(workers)) {}
+  template <class Fn>
+  void post(Fn&& fn) {
+    arena_.execute([&] { group_.run(std::forward<Fn>(fn)); });
+  }
+  ~tbb_pool() {
+    arena_.execute([&] { group_.wait(); });
+  }
+
+private:
+  tbb::task_arena arena_;
+  tbb::task_group group_;
+};
+
+/// std::async(std::launch::async): a thread per task.
+class async_pool {
+public:
+  template <class Fn>
+  void post(Fn&& fn) {
+    futures_.push_back(std::async(std::launch::async, std::forward<Fn>(fn)));
+    if (futures_.size() > 256) futures_.pop_front();  // joins the oldest
+  }
+
+private:
+  std::deque<std::future<void>> futures_;
+};
+
+/// tether: every task has its own id (the keyed path users pay for).
+class tether_pool {
+public:
+  tether_pool() : tasks_(options()) {}
+  template <class Fn>
+  void post(Fn&& fn) {
+    tasks_.submit("task-" + std::to_string(next_++), std::forward<Fn>(fn));
+  }
+
+private:
+  static tether::task_manager::options options() {
+    tether::task_manager::options o;
+    o.workers = workers;  // everything else at its default (max_retained 100,000 finished results)
+    return o;
+  }
+  tether::task_manager tasks_;
+  std::uint64_t next_ = 0;
+};
+
+// ---- shared results for the ratio counters (peers run before tether: registration order) -------------------------
+
+std::map<std::string, double>& baseline() {
+  static std::map<std::string, double> values;
+  return values;
+}
+
+double percentile(std::vector<double>& samples, double p) {
+  if (samples.empty()) return 0;
+  const auto at = static_cast<std::size_t>(p * static_cast<double>(samples.size() - 1));
+  std::nth_element(samples.begin(), samples.begin() + static_cast<std::ptrdiff_t>(at), samples.end());
+  return samples[at];
+}
+
+// ---- throughput ---------------------------------------------------------------------------------------------------
+
+/// Posts `count` no-op tasks and waits until every one ran; items_per_second is the throughput.
+template <class Pool>
+void throughput(benchmark::State& state, const std::string& name) {
+  const auto count = static_cast<int>(state.range(0));
+  double seconds = 0;
+  for (auto _ : state) {
+    std::atomic<int> left{count};
+    std::promise<void> all;
+    const auto t0 = clock_type::now();
+    {
+      Pool pool;
+      for (int i = 0; i < count; ++i)
+        pool.post([&] {
+          if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) all.set_value();
+        });
+      all.get_future().wait();
+    }
+    seconds += std::chrono::duration<double>(clock_type::now() - t0).count();
+  }
+  state.SetItemsProcessed(state.iterations() * count);
+  const double rate = static_cast<double>(state.iterations() * count) / seconds;
+  state.counters["tasks_per_s"] = rate;
+  if (name == "asio_thread_pool") baseline()["asio"] = rate;
+  else if (baseline().count("asio")) state.counters["vs_asio"] = rate / baseline()["asio"];
+}
+
+// ---- latency ------------------------------------------------------------------------------------------------------
+
+/// Submit -> start latency. Idle: the workers have gone to sleep before each submit. Busy: back to back, so a
+/// worker is still awake (running or spinning) when the next task arrives.
+template <class Pool>
+void latency(benchmark::State& state, const std::string& name, bool idle) {
+  Pool pool;
+  std::vector<double> samples;
+  for (auto _ : state) {
+    if (idle) {
+      state.PauseTiming();
+      std::this_thread::sleep_for(std::chrono::microseconds(500));  // lets the workers park; not measured
+      state.ResumeTiming();
+    }
+    std::atomic<std::int64_t> started{0};
+    const auto t0 = clock_type::now();
+    pool.post([&] { started.store(clock_type::now().time_since_epoch().count(), std::memory_order_release); });
+    std::int64_t at = 0;
+    while ((at = started.load(std::memory_order_acquire)) == 0) __builtin_ia32_pause();  // x86: the machines we measure on
+    samples.push_back(static_cast<double>(at - t0.time_since_epoch().count()) / 1000.0);
+  }
+  const double p50 = percentile(samples, 0.50), p99 = percentile(samples, 0.99);
+  state.counters["p50_us"] = p50;
+  state.counters["p99_us"] = p99;
+  const std::string key = std::string(idle ? "idle" : "busy");
+  if (name == "condvar") baseline()[key] = p50;
+  else if (baseline().count(key) && baseline()[key] > 0) state.counters["p50_vs_condvar"] = p50 / baseline()[key];
+}
+
+// ---- polling ------------------------------------------------------------------------------------------------------
+
+void BM_get_result_poll_tether(benchmark::State& state) {
+  tether::task_manager::options o;
+  o.workers = 1;
+  tether::task_manager tasks(o);
+  tasks.submit("report-7", [](tether::task_context& t) {
+    t.progress(1.0, "done");
+    return 42;
+  }).get();
+  for (auto _ : state) benchmark::DoNotOptimize(tasks.get_result<int>("report-7"));
+}
+
+/// The floor for a poll: a string-keyed map behind a mutex.
+void BM_get_result_poll_mutex_map(benchmark::State& state) {
+  std::mutex m;
+  std::unordered_map<std::string, int> results{{"report-7", 42}};
+  const std::string key = "report-7";
+  for (auto _ : state) {
+    std::lock_guard lock(m);
+    benchmark::DoNotOptimize(results.find(key)->second);
+  }
+}
+
+// ---- registration -------------------------------------------------------------------------------------------------
+
+constexpr int tasks_per_iteration = 200'000;
+
+template <class Pool>
+void register_throughput(const char* name, int count) {
+  benchmark::RegisterBenchmark((std::string("throughput/") + name).c_str(),
+                               [name](benchmark::State& s) { throughput<Pool>(s, name); })
+      ->Arg(count)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+}
+
+template <class Pool>
+void register_latency(const char* name) {
+  for (bool idle : {true, false})
+    benchmark::RegisterBenchmark((std::string("latency/") + (idle ? "idle/" : "busy/") + name).c_str(),
+                                 [name, idle](benchmark::State& s) { latency<Pool>(s, name, idle); })
+        ->Iterations(idle ? 2000 : 20000)
+        ->UseRealTime();
+}
+
+const bool registered = [] {
+  register_throughput<condvar_pool>("condvar", tasks_per_iteration);
+  register_throughput<moodycamel_pool>("moodycamel", tasks_per_iteration);
+  register_throughput<asio_pool>("asio_thread_pool", tasks_per_iteration);
+  register_throughput<tbb_pool>("tbb_task_group", tasks_per_iteration);
+  register_throughput<async_pool>("std_async", 2'000);
+  register_throughput<tether_pool>("tether_keyed", tasks_per_iteration);
+  register_latency<condvar_pool>("condvar");
+  register_latency<moodycamel_pool>("moodycamel");
+  register_latency<asio_pool>("asio_thread_pool");
+  register_latency<tbb_pool>("tbb_task_group");
+  register_latency<async_pool>("std_async");
+  register_latency<tether_pool>("tether_keyed");
+  benchmark::RegisterBenchmark("get_result_poll/tether", BM_get_result_poll_tether);
+  benchmark::RegisterBenchmark("get_result_poll/mutex_map", BM_get_result_poll_mutex_map);
+  return true;
+}();
+
+}  // namespace
+
+BENCHMARK_MAIN();

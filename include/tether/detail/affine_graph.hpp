@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: BSL-1.0
+// Who owns which affine_executor, and which owner threads wait on which executors: would_deadlock detection.
+#pragma once
+
+#include <tether/config.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include <sys/types.h>
+
+namespace tether::inline v1::detail {
+
+/// An executor's identity, shared with the wait-for graph so that an edge can outlive the executor it points to.
+struct affine_node {
+  explicit affine_node(std::string executor_name, pid_t owner_tid = 0)
+      : name(std::move(executor_name)), owner(owner_tid) {}
+  const std::string name;
+  /// The kernel thread id of the owner thread; 0 until one of run*/poll claims the executor.
+  std::atomic<pid_t> owner;
+};
+
+/// The kernel thread id of the calling thread, read once per thread.
+TETHER_DECL pid_t current_tid() noexcept;
+
+/// True when the calling thread owns, or may own, an affine executor: it claimed one, or it is the process's main
+/// thread (which owns main_thread()). Only such threads can be part of a cycle, so only they pay for the check.
+TETHER_DECL TETHER_VISIBLE bool may_own_affine_executor() noexcept;
+
+/// Records that the calling thread has claimed an executor.
+TETHER_DECL TETHER_VISIBLE void mark_affine_owner() noexcept;
+
+/// The process-wide wait-for graph: owner thread id -> the executors it is blocked on. A fiber waiting counts as
+/// its thread waiting, so a thread may appear more than once. Never destroyed, so calls during exit stay safe.
+struct affine_graph {
+  std::mutex mutex;
+  std::unordered_multimap<pid_t, std::pair<std::uint64_t, std::shared_ptr<const affine_node>>> waits;
+  std::uint64_t next_token = 1;
+};
+TETHER_DECL TETHER_VISIBLE affine_graph& affine_wait_graph() noexcept;
+
+/// "The calling thread waits on `target`" for as long as this object lives. Throws would_deadlock instead when the
+/// edge would close a cycle of owner threads waiting on each other. Threads that own no executor skip it all.
+/// **Thread safety:** belongs to the waiting thread or fiber; not copyable.
+class affine_wait_edge {
+public:
+  affine_wait_edge(const std::shared_ptr<const affine_node>& target, const char* api) {
+    if (may_own_affine_executor()) publish(target, api);
+  }
+  ~affine_wait_edge() {
+    if (token_ != 0) withdraw();
+  }
+  affine_wait_edge(const affine_wait_edge&) = delete;
+  affine_wait_edge& operator=(const affine_wait_edge&) = delete;
+
+private:
+  TETHER_DECL void publish(const std::shared_ptr<const affine_node>& target, const char* api);
+  TETHER_DECL void withdraw() noexcept;
+
+  pid_t tid_ = 0;
+  std::uint64_t token_ = 0;
+};
+
+}  // namespace tether::inline v1::detail

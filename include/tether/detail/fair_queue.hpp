@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: BSL-1.0
+// The task manager's queue: tasks by group, handed to workers by weighted round-robin, with bounds.
+#pragma once
+
+#include <tether/config.hpp>
+#include <tether/detail/ref_counted.hpp>
+#include <tether/detail/task_record.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace tether::inline v1::detail {
+
+/// An intrusive FIFO of task records through their prev/next links; a record is in at most one list.
+/// **Thread safety:** none; the fair queue's mutex guards it.
+class task_list {
+public:
+  bool empty() const noexcept { return head_ == nullptr; }
+  task_record* front() const noexcept { return head_; }
+
+  void push_back(task_record& r) noexcept {
+    r.prev = tail_;
+    r.next = nullptr;
+    if (tail_) tail_->next = &r;
+    else head_ = &r;
+    tail_ = &r;
+  }
+
+  void erase(task_record& r) noexcept {
+    if (r.prev) r.prev->next = r.next;
+    else head_ = r.next;
+    if (r.next) r.next->prev = r.prev;
+    else tail_ = r.prev;
+    r.prev = r.next = nullptr;
+  }
+
+private:
+  task_record* head_ = nullptr;
+  task_record* tail_ = nullptr;
+};
+
+/// One group's tasks: the queued ones in order, and the running ones (for cancel_group and shutdown).
+struct queue_group {
+  explicit queue_group(std::string group_name) : name(std::move(group_name)) {}
+  const std::string name;
+  task_list queued, running;
+  std::size_t queued_count = 0, running_count = 0;
+  unsigned weight = 1;
+  unsigned credit = 0;                 // turns left in the current round
+  queue_group* ring_prev = nullptr;    // in the ring exactly while the group has queued tasks
+  queue_group* ring_next = nullptr;
+};
+
+/// Bounds on queued (not yet running) tasks; 0 means unlimited.
+struct queue_limits {
+  std::size_t max_queued = 0;
+  std::size_t max_queued_per_group = 0;
+};
+
+/// The tasks waiting for a worker. Groups with queued tasks form a ring; pop() serves the group whose turn it is,
+/// and a group of weight w keeps the turn for w tasks in a row, so a group that queued a thousand tasks does not
+/// starve one that queued a single task. A group that gets work joins at the end of the ring. Removing a queued
+/// task (cancel) is O(1). The queue keeps one reference to each record from push() until finish() or remove().
+/// **Thread safety:** every member from any thread (one mutex; queued() is a lock-free read).
+class fair_queue {
+public:
+  explicit fair_queue(queue_limits limits) noexcept : limits_(limits) {}
+  fair_queue(const fair_queue&) = delete;
+  fair_queue& operator=(const fair_queue&) = delete;
+  TETHER_DECL ~fair_queue();
+
+  /// Queues `task`. When `replaced` is still queued, takes it out in the same step (so it does not count against
+  /// the bounds) and returns true. Throws executor_stopped after close() and queue_full when a bound is reached;
+  /// then nothing changed.
+  TETHER_DECL bool push(task_record& task, task_record* replaced);
+
+  /// The next task by weighted round-robin, now counted as running; nullptr when nothing is queued.
+  TETHER_DECL ref<task_record> pop();
+
+  /// A running task ended: forgets it.
+  TETHER_DECL void finish(task_record& task) noexcept;
+
+  /// Takes a queued task out; false when it is not queued (already running or ended).
+  TETHER_DECL bool remove(task_record& task) noexcept;
+
+  /// Takes every queued task of the groups that `match` accepts out of the queue (into `queued`) and lists their
+  /// running ones (into `running`).
+  TETHER_DECL void take_matching(const std::function<bool(std::string_view)>& match,
+                                 std::vector<ref<task_record>>& queued, std::vector<ref<task_record>>& running);
+
+  /// Refuses every later push() and returns the tasks that are queued or running now.
+  TETHER_DECL std::vector<ref<task_record>> close();
+
+  /// True after close(); a hint for early refusal (push() checks again under the lock).
+  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+
+  /// How many tasks are queued; a hint read without the lock (seq_cst: pairs with a worker's sleep check).
+  std::size_t queued() const noexcept { return queued_.load(std::memory_order_seq_cst); }
+
+private:
+  TETHER_DECL queue_group& group_of(const task_record& task);
+  TETHER_DECL void unlink_queued(task_record& task) noexcept;
+  TETHER_DECL void ring_insert(queue_group& g) noexcept;
+  TETHER_DECL void ring_remove(queue_group& g) noexcept;
+  TETHER_DECL void forget_if_empty(queue_group& g) noexcept;
+  TETHER_DECL void check_bounds(const task_record& task, const queue_group* g, const task_record* leaving) const;
+
+  struct name_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+
+  const queue_limits limits_;
+  mutable std::mutex mutex_;
+  // Keys view the groups' own names.
+  std::unordered_map<std::string_view, std::unique_ptr<queue_group>, name_hash, std::equal_to<>> groups_;
+  queue_group* turn_ = nullptr;  // the group pop() serves next; nullptr when nothing is queued
+  std::size_t total_ = 0;        // queued tasks, guarded by mutex_; mirrored in queued_
+  std::atomic<bool> closed_{false};  // written under mutex_; closed() reads it without
+  std::atomic<std::size_t> queued_{0};
+};
+
+}  // namespace tether::inline v1::detail
+
+#if TETHER_HEADER_ONLY
+#  include <tether/impl/fair_queue.ipp>
+#endif

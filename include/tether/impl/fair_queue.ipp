@@ -1,0 +1,191 @@
+// SPDX-License-Identifier: BSL-1.0
+// Out-of-line definitions for detail/fair_queue.hpp.
+#pragma once
+
+#include <tether/detail/fair_queue.hpp>
+
+namespace tether::inline v1::detail {
+
+TETHER_DECL fair_queue::~fair_queue() {
+  // Normally empty: the manager ends every task before it goes. Release what is left all the same.
+  for (auto& [name, g] : groups_) {
+    for (task_list* list : {&g->queued, &g->running})
+      while (task_record* t = list->front()) {
+        list->erase(*t);
+        intrusive_ptr_release(t);
+      }
+  }
+}
+
+TETHER_DECL bool fair_queue::push(task_record& task, task_record* replaced) {
+  bool take_replaced = false;
+  {
+    std::lock_guard lock(mutex_);
+    take_replaced = replaced && replaced->place == task_place::queued;
+    if (closed_.load(std::memory_order_relaxed))  // partner: mutex_
+      raise(errc::executor_stopped, "tether::task_manager::submit: task '{}' rejected: the manager was shut down",
+            task.id);
+    auto found = groups_.find(std::string_view(task.group));
+    check_bounds(task, found == groups_.end() ? nullptr : found->second.get(), take_replaced ? replaced : nullptr);
+    queue_group& g = group_of(task);
+    intrusive_ptr_add_ref(&task);
+    task.home = &g;
+    task.place = task_place::queued;
+    g.queued.push_back(task);
+    ++g.queued_count;
+    ++total_;
+    g.weight = task.weight;
+    if (g.credit > g.weight) g.credit = g.weight;
+    if (!g.ring_next) ring_insert(g);
+    // Only now, so that a group left empty by the replaced task is not forgotten while `g` is in use.
+    if (take_replaced) unlink_queued(*replaced);
+    queued_.store(total_, std::memory_order_seq_cst);
+  }
+  if (take_replaced) intrusive_ptr_release(replaced);  // the queue's reference; the caller holds another
+  return take_replaced;
+}
+
+TETHER_DECL void fair_queue::check_bounds(const task_record& task, const queue_group* g,
+                                          const task_record* leaving) const {
+  const std::size_t total = total_ - (leaving ? 1 : 0);
+  if (limits_.max_queued != 0 && total >= limits_.max_queued)
+    raise(errc::queue_full, "tether::task_manager::submit: task '{}' not queued: {} tasks are queued (max_queued)",
+          task.id, total);
+  std::size_t in_group = g ? g->queued_count : 0;
+  if (leaving && g && leaving->home == g) --in_group;
+  if (limits_.max_queued_per_group != 0 && in_group >= limits_.max_queued_per_group)
+    raise(errc::queue_full,
+          "tether::task_manager::submit: task '{}' not queued: group '{}' has {} queued tasks (max_queued_per_group)",
+          task.id, task.group, in_group);
+}
+
+TETHER_DECL queue_group& fair_queue::group_of(const task_record& task) {
+  auto found = groups_.find(std::string_view(task.group));
+  if (found != groups_.end()) return *found->second;
+  auto g = std::make_unique<queue_group>(task.group);
+  queue_group& made = *g;
+  groups_.emplace(std::string_view(made.name), std::move(g));
+  return made;
+}
+
+TETHER_DECL ref<task_record> fair_queue::pop() {
+  std::lock_guard lock(mutex_);
+  if (!turn_) return {};
+  queue_group& g = *turn_;
+  task_record& t = *g.queued.front();
+  g.queued.erase(t);
+  --g.queued_count;
+  --total_;
+  t.place = task_place::running;
+  g.running.push_back(t);
+  ++g.running_count;
+  if (g.queued.empty()) {
+    ring_remove(g);
+  } else if (--g.credit == 0) {
+    g.credit = g.weight;
+    turn_ = g.ring_next;
+  }
+  queued_.store(total_, std::memory_order_seq_cst);
+  return ref<task_record>(&t);
+}
+
+TETHER_DECL void fair_queue::finish(task_record& task) noexcept {
+  {
+    std::lock_guard lock(mutex_);
+    if (task.place != task_place::running) return;
+    queue_group& g = *task.home;
+    g.running.erase(task);
+    --g.running_count;
+    task.place = task_place::finished;
+    task.home = nullptr;
+    forget_if_empty(g);
+  }
+  intrusive_ptr_release(&task);
+}
+
+TETHER_DECL bool fair_queue::remove(task_record& task) noexcept {
+  {
+    std::lock_guard lock(mutex_);
+    if (task.place != task_place::queued) return false;
+    unlink_queued(task);
+    queued_.store(total_, std::memory_order_seq_cst);
+  }
+  intrusive_ptr_release(&task);
+  return true;
+}
+
+TETHER_DECL void fair_queue::unlink_queued(task_record& task) noexcept {
+  queue_group& g = *task.home;
+  g.queued.erase(task);
+  --g.queued_count;
+  --total_;
+  task.place = task_place::finished;
+  task.home = nullptr;
+  if (g.queued.empty()) ring_remove(g);
+  forget_if_empty(g);
+}
+
+TETHER_DECL void fair_queue::take_matching(const std::function<bool(std::string_view)>& match,
+                                           std::vector<ref<task_record>>& queued,
+                                           std::vector<ref<task_record>>& running) {
+  std::lock_guard lock(mutex_);
+  std::vector<queue_group*> hit;
+  for (auto& [name, g] : groups_)
+    if (match(name)) hit.push_back(g.get());
+  for (queue_group* g : hit) {
+    for (task_record* t = g->running.front(); t; t = t->next) running.emplace_back(t);
+    // Counted, because the last unlink may forget the group (when nothing of it runs): `g` is not read after it.
+    for (std::size_t n = g->queued_count; n > 0; --n) {
+      task_record* t = g->queued.front();
+      queued.emplace_back(t, false);  // takes over the queue's reference
+      unlink_queued(*t);
+    }
+  }
+  queued_.store(total_, std::memory_order_seq_cst);
+}
+
+TETHER_DECL std::vector<ref<task_record>> fair_queue::close() {
+  std::lock_guard lock(mutex_);
+  closed_.store(true, std::memory_order_release);
+  std::vector<ref<task_record>> live;
+  for (auto& [name, g] : groups_)
+    for (task_list* list : {&g->running, &g->queued})
+      for (task_record* t = list->front(); t; t = t->next)
+        if (!t->has_ended()) live.emplace_back(t);  // one that ended but is not yet forgotten is not "live"
+  return live;
+}
+
+TETHER_DECL void fair_queue::ring_insert(queue_group& g) noexcept {
+  g.credit = g.weight;
+  if (!turn_) {
+    g.ring_prev = g.ring_next = &g;
+    turn_ = &g;
+    return;
+  }
+  // Just before the group whose turn it is: the newcomer is served after every group already waiting.
+  g.ring_next = turn_;
+  g.ring_prev = turn_->ring_prev;
+  turn_->ring_prev->ring_next = &g;
+  turn_->ring_prev = &g;
+}
+
+TETHER_DECL void fair_queue::ring_remove(queue_group& g) noexcept {
+  if (!g.ring_next) return;
+  if (g.ring_next == &g) {
+    turn_ = nullptr;
+  } else {
+    g.ring_prev->ring_next = g.ring_next;
+    g.ring_next->ring_prev = g.ring_prev;
+    if (turn_ == &g) turn_ = g.ring_next;
+  }
+  g.ring_prev = g.ring_next = nullptr;
+  g.credit = 0;
+}
+
+TETHER_DECL void fair_queue::forget_if_empty(queue_group& g) noexcept {
+  if (g.queued_count != 0 || g.running_count != 0) return;
+  ring_remove(g);
+  groups_.erase(std::string_view(g.name));  // destroys `g`
+}
+
+}  // namespace tether::inline v1::detail

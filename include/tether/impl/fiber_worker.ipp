@@ -1,0 +1,278 @@
+// SPDX-License-Identifier: BSL-1.0
+// Out-of-line definitions for detail/fiber_worker.hpp.
+#pragma once
+
+#include <tether/detail/fiber_worker.hpp>
+
+#include <boost/fiber/fiber.hpp>
+#include <boost/fiber/operations.hpp>
+
+#include <algorithm>
+#include <memory>
+
+#if defined(__SANITIZE_ADDRESS__)
+#  include <sanitizer/asan_interface.h>
+#endif
+
+namespace tether::inline v1::detail {
+
+TETHER_DECL fiber_worker*& current_worker_slot() noexcept {
+  static thread_local fiber_worker* worker = nullptr;
+  return worker;
+}
+
+// ---- stacks --------------------------------------------------------------------------------------------------
+
+TETHER_DECL stack_pool::~stack_pool() {
+  for (boost::context::stack_context& stack : free_) make_.deallocate(stack);
+}
+
+TETHER_DECL boost::context::stack_context stack_pool::allocate() {
+  if (free_.empty()) return make_.allocate();
+  boost::context::stack_context stack = free_.back();
+  free_.pop_back();
+  return stack;
+}
+
+TETHER_DECL void stack_pool::deallocate(boost::context::stack_context& stack) noexcept {
+  if (free_.size() < max_free) {
+    try {
+      free_.push_back(stack);
+      return;
+    } catch (...) {  // out of memory for the list: free the stack instead
+    }
+  }
+  make_.deallocate(stack);
+}
+
+// ---- the algorithm -------------------------------------------------------------------------------------------
+
+TETHER_DECL fiber_scheduler::fiber_scheduler(fiber_worker& worker) noexcept : worker_(worker) {
+  worker_.scheduler_ = this;
+}
+
+TETHER_DECL void fiber_scheduler::awakened(boost::fibers::context* fiber, fiber_props&) noexcept {
+  if (fiber->is_context(boost::fibers::type::dispatcher_context)) worker_.dispatcher_ = fiber;
+  else worker_.make_ready(fiber);
+}
+
+TETHER_DECL boost::fibers::context* fiber_scheduler::pick_next() noexcept {
+  boost::fibers::context* next = worker_.choose_next();
+  worker_.switch_context(boost::fibers::context::active(), next);
+  return next;
+}
+
+TETHER_DECL bool fiber_scheduler::has_ready_fibers() const noexcept {
+  return !worker_.ready_.empty() || worker_.dispatcher_ != nullptr;
+}
+
+TETHER_DECL void fiber_scheduler::suspend_until(std::chrono::steady_clock::time_point const& until) noexcept {
+  worker_.idle_until(until);
+}
+
+TETHER_DECL void fiber_scheduler::notify() noexcept { worker_.unpark(); }
+
+TETHER_DECL fiber_props& fiber_scheduler::props_of(boost::fibers::context* fiber) noexcept {
+  if (!get_properties(fiber)) set_properties(fiber, new_properties(fiber));
+  return properties(fiber);
+}
+
+// ---- the worker ----------------------------------------------------------------------------------------------
+
+TETHER_DECL fiber_worker::fiber_worker(task_source& source, std::atomic<unsigned>& sleepers, std::size_t stack_size)
+    : source_(source), sleepers_(sleepers), stacks_(stack_size) {}
+
+TETHER_DECL void fiber_worker::start() {
+  thread_ = std::thread([this] { thread_main(); });
+}
+
+TETHER_DECL void fiber_worker::thread_main() noexcept {
+  current_worker_slot() = this;
+  boost::fibers::use_scheduling_algorithm<fiber_scheduler>(*this);
+  fiber_blocker_slot() = this;
+  spawn_runner();
+  stop_.wait();  // the main fiber sleeps here while the runners work
+  exiting_ = true;
+  for (fiber* idle : idle_) make_ready(idle);
+  idle_.clear();
+  while (runners_ != 0) boost::this_fiber::yield();
+  fiber_blocker_slot() = nullptr;
+  current_worker_slot() = nullptr;
+  // Leaving the thread destroys Boost's scheduler, which runs the dispatcher until the last fiber is released.
+}
+
+TETHER_DECL void fiber_worker::spawn_runner() {
+  ++runners_;
+  ++free_runners_;
+  boost::fibers::fiber runner(std::allocator_arg, pooled_stack{&stacks_}, [this] { runner_main(); });
+  runner.detach();
+}
+
+TETHER_DECL void fiber_worker::runner_main() noexcept {
+  fiber* self = fiber::active();
+  scheduler_->props_of(self).runner = true;
+#if defined(__SANITIZE_ADDRESS__)
+  // Boost keeps its own records at the top of the stack, above this frame: 8 KiB covers them with room to spare.
+  char anchor = 0;
+  scheduler_->props_of(self).stack_low = &anchor - stacks_.stack_size() + 8192;
+#endif
+  bool called = true;  // just started, or resumed because a task is queued
+  while (!exiting_) {
+    poll();
+    // After a task, others that became ready go first; a runner called for work takes it at once.
+    if (called || ready_.empty()) {
+      called = false;
+      --free_runners_;
+      const bool ran = source_.run_one(*this);
+      ++free_runners_;
+      if (ran) continue;
+    }
+    if (idle_.size() >= max_idle_runners) break;
+    idle_.push_back(self);
+    self->suspend();
+    called = true;
+  }
+  --runners_;
+  --free_runners_;
+}
+
+TETHER_DECL fiber_worker::fiber* fiber_worker::choose_next() noexcept {
+  poll();
+  if (!ready_.empty()) {
+    fiber* next = &ready_.front();
+    ready_.pop_front();
+    return next;
+  }
+  if (!idle_.empty() && !exiting_ && source_.has_work()) {
+    // Never the caller itself: a runner that just went idle is still the active fiber.
+    if (idle_.back() == fiber::active()) {
+      if (idle_.size() == 1) return std::exchange(dispatcher_, nullptr);
+      std::swap(idle_.back(), idle_[idle_.size() - 2]);
+    }
+    fiber* next = idle_.back();
+    idle_.pop_back();
+    return next;
+  }
+  return std::exchange(dispatcher_, nullptr);
+}
+
+TETHER_DECL void fiber_worker::switch_context(fiber* from, fiber* to) noexcept {
+  // Save first, so that from == to (a lone yield) comes out right; the dispatcher (to == nullptr) runs empty.
+  scheduler_->props_of(from).saved = exchange_current(tether::context());
+  if (to) exchange_current(std::move(scheduler_->props_of(to).saved));
+}
+
+TETHER_DECL void fiber_worker::poll() noexcept {
+  if (inbox_pending_.load(std::memory_order_acquire)) drain_inbox();
+  if (!timers_.empty()) fire_timers(steady_clock::now());
+}
+
+TETHER_DECL void fiber_worker::drain_inbox() noexcept {
+  {
+    std::lock_guard lock(inbox_mutex_);
+    inbox_.swap(inbox_scratch_);
+    inbox_pending_.store(false, std::memory_order_relaxed);  // partner: the mutex
+  }
+  for (waiter* w : inbox_scratch_) deliver(*w);
+  inbox_scratch_.clear();
+}
+
+TETHER_DECL void fiber_worker::fire_timers(steady_clock::time_point now) noexcept {
+  while (!timers_.empty() && timers_.begin()->first <= now) {
+    sleeper* s = timers_.begin()->second;
+    timers_.erase(timers_.begin());
+    s->fired = true;
+    if (s->w->blocked) {
+      s->w->blocked = false;
+      make_ready(static_cast<fiber*>(s->w->agent));
+    }
+  }
+}
+
+TETHER_DECL void fiber_worker::deliver(waiter& w) noexcept {
+  // A wake for a fiber that already resumed on its deadline is remembered for its next block_until().
+  w.woken = true;
+  if (!w.blocked) return;
+  w.blocked = false;
+  make_ready(static_cast<fiber*>(w.agent));
+}
+
+TETHER_DECL void fiber_worker::idle_until(steady_clock::time_point until) noexcept {
+  if (exiting_ && runners_ == 0) return;  // Boost is tearing the scheduler down
+  if (!timers_.empty()) until = std::min(until, timers_.begin()->first);
+  // Announce the sleep before the last look for work: a submit either sees the flag or we see its task.
+  sleeping_.store(true, std::memory_order_seq_cst);
+  sleepers_.fetch_add(1, std::memory_order_seq_cst);
+  const bool work = inbox_pending_.load(std::memory_order_seq_cst) || (!exiting_ && source_.has_work());
+  if (!work) parker_.park_until(until);
+  sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+  // relaxed: a claim that raced with our wake-up leaves a token, which only shortens the next park.
+  sleeping_.store(false, std::memory_order_relaxed);
+}
+
+TETHER_DECL task_context* fiber_worker::current_task() noexcept { return scheduler_->props_of(fiber::active()).task; }
+
+TETHER_DECL void fiber_worker::set_current_task(task_context* task) noexcept {
+  scheduler_->props_of(fiber::active()).task = task;
+}
+
+TETHER_DECL char* fiber_worker::current_stack_low() noexcept {
+  return scheduler_->props_of(fiber::active()).stack_low;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+TETHER_DECL void scrub_fiber_stack() noexcept {
+  fiber_worker* worker = fiber_worker::current();
+  if (!worker) return;
+  char* low = worker->current_stack_low();
+  char* here = static_cast<char*>(__builtin_frame_address(0));
+  // Everything below this frame is dead: no live object can be poisoned wrongly by clearing it.
+  if (low && here > low) __asan_unpoison_memory_region(low, static_cast<std::size_t>(here - low));
+}
+#endif
+
+TETHER_DECL void fiber_worker::yield_to_others() {
+  poll();
+  if (free_runners_ == 0 && source_.has_work()) spawn_runner();
+  boost::this_fiber::yield();
+}
+
+// ---- blocker -------------------------------------------------------------------------------------------------
+
+TETHER_DECL void fiber_worker::prepare(waiter& w) noexcept {
+  w.owner = this;
+  w.agent = fiber::active();
+}
+
+TETHER_DECL bool fiber_worker::block_until(waiter& w, steady_clock::time_point deadline) noexcept {
+  const bool timed = deadline != steady_clock::time_point::max();
+  if (!w.woken && timed && deadline <= steady_clock::now()) return false;
+  if (!w.woken) {
+    fiber* self = static_cast<fiber*>(w.agent);
+    // Keep one runner free, so that queued tasks still start while this one waits.
+    if (free_runners_ == 0 && scheduler_->props_of(self).runner) spawn_runner();
+    sleeper s{&w};
+    if (timed) s.at = timers_.emplace(deadline, &s);
+    w.blocked = true;
+    self->suspend();
+    if (timed && !s.fired) timers_.erase(s.at);
+  }
+  const bool woken = w.woken;
+  w.woken = false;
+  return woken;
+}
+
+TETHER_DECL void fiber_worker::wake(waiter& w) noexcept {
+  if (current_worker_slot() == this) {  // from one of our own fibers: no hand-off needed
+    deliver(w);
+    return;
+  }
+  // Unpark under the lock: once the worker can see the entry, this thread no longer touches the worker, which may
+  // then be destroyed as soon as the woken task ends.
+  std::lock_guard lock(inbox_mutex_);
+  inbox_.push_back(&w);
+  inbox_pending_.store(true, std::memory_order_release);
+  parker_.unpark();
+}
+
+}  // namespace tether::inline v1::detail

@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: BSL-1.0
+// Out-of-line definitions for detail/task_record.hpp.
+#pragma once
+
+#include <tether/detail/task_record.hpp>
+
+#include <cmath>
+
+namespace tether::inline v1::detail {
+
+TETHER_DECL std::string describe_exception(const std::exception_ptr& error) noexcept {
+  scrub_fiber_stack();
+  try {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      return e.what();
+    } catch (...) {
+      return "an exception not derived from std::exception";
+    }
+  } catch (...) {
+    return {};  // out of memory while copying the text
+  }
+}
+
+TETHER_DECL task_record::task_record(std::string task_id, std::string task_group, unsigned task_weight,
+                                     std::uint64_t task_generation, tether::context task_ctx)
+    : id(std::move(task_id)),
+      group(std::move(task_group)),
+      weight(task_weight),
+      generation(task_generation),
+      ctx(std::move(task_ctx)),
+      submitted(std::chrono::system_clock::now()) {}
+
+TETHER_DECL bool task_record::request_stop(task_end why) noexcept {
+  task_end expected = task_end::none;
+  if (!request.compare_exchange_strong(expected, why, std::memory_order_acq_rel)) return false;
+  stop.request_stop();
+  cancelled.set();
+  return true;
+}
+
+TETHER_DECL void task_record::mark_started() noexcept {
+  std::lock_guard lock(mutex_);
+  started_ = std::chrono::system_clock::now();
+  started.store(true, std::memory_order_relaxed);  // read after `done` (acquire) or under the queue mutex
+  status.store(task_status::running, std::memory_order_release);
+}
+
+TETHER_DECL void task_record::finish(task_status final_status, std::exception_ptr error) noexcept {
+  const auto steady_now = std::chrono::steady_clock::now().time_since_epoch();
+  std::string text = error ? describe_exception(error) : std::string();
+  std::lock_guard lock(mutex_);
+  finished_ = std::chrono::system_clock::now();
+  error_ = std::move(error);
+  error_message_ = std::move(text);
+  const task_end asked = request.load(std::memory_order_acquire);
+  if (asked != task_end::none) reason_ = asked;
+  else reason_ = final_status == task_status::failed ? task_end::failed : task_end::completed;
+  ++sequence_;
+  finished_steady_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(steady_now).count(),
+                           std::memory_order_relaxed);  // partner: the release store of `status` below
+  status.store(final_status, std::memory_order_release);
+}
+
+TETHER_DECL void task_record::set_progress(double fraction, std::string_view message) {
+  if (!(fraction >= 0.0 && fraction <= 1.0)) {
+    scrub_fiber_stack();
+    raise(errc::invalid_argument, "tether::task_context::progress: task '{}' reported {}, not a fraction in [0, 1]",
+          id, fraction);
+  }
+  std::lock_guard lock(mutex_);
+  progress_ = fraction;
+  message_.assign(message);
+  ++sequence_;
+}
+
+TETHER_DECL void task_record::fill(task_fields& out) const {
+  std::lock_guard lock(mutex_);
+  fill_locked(out);
+}
+
+TETHER_DECL void task_record::fill_locked(task_fields& out) const {
+  out.id = id;
+  out.status = status.load(std::memory_order_acquire);
+  out.cancel_requested = cancel_requested();
+  out.progress = progress_;
+  out.message = message_;
+  out.sequence = sequence_;
+  out.error = error_;
+  out.error_message = error_message_;
+  out.reason = reason_;
+  out.submitted = submitted;
+  out.started = started_;
+  out.finished = finished_;
+}
+
+}  // namespace tether::inline v1::detail
