@@ -34,8 +34,8 @@ enum class on_duplicate {
 
 /// What cancel() did.
 enum class cancel_outcome {
-  unknown,             ///< no such task (never submitted, or evicted)
-  already_finished,    ///< the task had already ended; nothing changed
+  unknown,             ///< no such task (never submitted, or evicted so long ago that its id is forgotten)
+  already_finished,    ///< the task had already ended (also when its result expired); nothing changed
   removed_from_queue,  ///< the task was queued: it is now cancelled and will never start
   stop_requested,      ///< the task is running: it was asked to stop (stop_token, publish, sleep_for)
 };

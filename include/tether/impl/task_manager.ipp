@@ -161,8 +161,9 @@ TETHER_DECL shutdown_report task_core::shutdown(shutdown_mode mode) {
   std::lock_guard lock(shutdown_mutex_);
   if (shut_down_) return report_;
   const std::vector<ref<task_record>> live = queue_.close();
-  if (mode == shutdown_mode::cancel)
-    for (const ref<task_record>& task : live) cancel(*task, task_end::shutdown);
+  // Every queued task leaves the queue in one step before any running task is asked to stop, so a worker freed by
+  // a stopping task can never start a queued one.
+  if (mode == shutdown_mode::cancel) cancel_matching([](std::string_view) { return true; }, task_end::shutdown);
   for (const ref<task_record>& task : live) task->done.wait();
   for (const ref<task_record>& task : live) {
     if (task->current_status() != task_status::cancelled) ++report_.completed;
