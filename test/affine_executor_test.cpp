@@ -508,6 +508,44 @@ TEST_CASE("wakeup_fd asked for while work is already pending is readable at once
   CHECK(ex.poll() == 1);
 }
 
+TEST_CASE("work that a nested loop brought in but left behind keeps wakeup_fd readable") {
+  tether::affine_executor ex("nested-fd");
+  const int fd = ex.wakeup_fd();
+  std::vector<int> order;
+  ex.post([&] {
+    order.push_back(1);
+    ex.post([&] { order.push_back(2); });
+    ex.post([&] { order.push_back(3); });
+    CHECK(ex.run_one() == 1);  // takes in both, runs the first
+  });
+  CHECK(ex.poll() == 1);       // the first; the nested run_one counts the second as its own
+  CHECK(readable(fd, 0));      // the third is still pending: a loop that waits on the fd must come back for it
+  CHECK(ex.poll() == 1);
+  CHECK(order == std::vector<int>{1, 2, 3});
+  CHECK_FALSE(readable(fd, 0));
+}
+
+TEST_CASE("stop answers at once the waiters whose functions the owner took in while it runs a long function" *
+          doctest::timeout(30)) {
+  tether::affine_executor ex("long-function");
+  std::latch started(1), release(1);
+  std::atomic<bool> later_ran{false};
+  ex.post([&] {
+    started.count_down();
+    release.wait();
+  });
+  auto later = ex.submit([&] { later_ran = true; });  // both are pending before the owner first looks
+  std::thread owner([&] { ex.run(); });
+  started.wait();
+  // The owner is in the first function, with the second taken in behind it. stop() must not leave that waiter to
+  // the owner, which is stuck until we release it: get() would hang here.
+  ex.stop();
+  CHECK(error_of([&] { later.get(); }) == tether::errc::abandoned);
+  release.count_down();
+  owner.join();
+  CHECK_FALSE(later_ran);
+}
+
 TEST_CASE("each function runs under its submitter's context, and the owner's own context is restored") {
   tether::affine_executor ex("context");
   tether::context_scope owner_scope(tether::context{}.with(user_key, "owner"));

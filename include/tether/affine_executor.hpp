@@ -5,12 +5,12 @@
 #include <tether/config.hpp>
 #include <tether/context.hpp>
 #include <tether/detail/affine_graph.hpp>
+#include <tether/detail/affine_inbox.hpp>
 #include <tether/detail/affine_jobs.hpp>
 #include <tether/detail/parker.hpp>
 #include <tether/detail/wait.hpp>
 #include <tether/error.hpp>
 
-#include <concurrentqueue/concurrentqueue.h>
 #include <fmt/chrono.h>
 
 #include <atomic>
@@ -111,7 +111,8 @@ public:
   // ---- the owner thread ----------------------------------------------------------------------------------------
   // Each returns how many functions it ran, and claims the executor for the calling thread if nobody owns it yet.
 
-  /// Runs functions until stop() (or until drain() has emptied the queue). Idle, it spins about 20 µs, then sleeps.
+  /// Runs functions until stop() (or until drain() has emptied the queue). Idle, it spins for at most 20 µs, then
+  /// sleeps; the window shrinks to 1 µs while work arrives less often than that, so an idle owner costs no CPU.
   TETHER_DECL std::size_t run();
   /// Waits for one function and runs it; 0 when stopped first.
   TETHER_DECL std::size_t run_one();
@@ -190,20 +191,18 @@ private:
   auto call_until(Fn&& fn, detail::steady_clock::time_point deadline, const char* api)
       -> std::pair<bool, detail::affine_call_ptr<std::decay_t<Fn>, detail::affine_result_t<Fn>>>;
 
-  // state_: bit 0 "the owner needs a signal" (it sleeps, or is outside run*), bit 1 "closed", and above them the
-  // count of accepted functions not yet taken. Producers reserve a count before they enqueue, consumers claim one
-  // before they dequeue, so a claimed function is always there or about to be.
-  static constexpr std::uint64_t sleeping_bit = 1, closed_bit = 2, one_job = 4;
   enum : std::uint8_t { phase_running, phase_draining, phase_stopped };
 
   std::shared_ptr<detail::affine_node> node_;
-  moodycamel::ConcurrentQueue<detail::affine_job*> queue_;
-  std::atomic<std::uint64_t> state_{sleeping_bit};
-  std::atomic<std::uint32_t> producers_{0};  // threads inside accept(); the destructor waits for none
+  detail::affine_inbox inbox_;
+  // Its own cache line: touched by producers alone (the owner polls the inbox).
+  alignas(64) std::atomic<std::uint32_t> producers_{0};  // threads inside accept(); the destructor waits for none
   std::atomic<std::uint8_t> phase_{phase_running};
   detail::parker parker_;
   mutable std::atomic<int> fd_{-1};
   int depth_ = 0;  // owner thread only: nesting of run*/poll (a function may run a nested loop)
+  std::chrono::nanoseconds idle_spin_ = max_idle_spin;  // owner thread only: see idle_wait()
+  static constexpr std::chrono::nanoseconds min_idle_spin{1'000}, max_idle_spin{detail::parker::default_spin};
   mutable std::mutex handler_mutex_;
   std::function<void(std::exception_ptr)> handler_;
 };

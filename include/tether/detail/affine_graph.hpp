@@ -9,8 +9,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include <sys/types.h>
 
@@ -35,11 +35,20 @@ TETHER_DECL TETHER_VISIBLE bool may_own_affine_executor() noexcept;
 /// Records that the calling thread has claimed an executor.
 TETHER_DECL TETHER_VISIBLE void mark_affine_owner() noexcept;
 
-/// The process-wide wait-for graph: owner thread id -> the executors it is blocked on. A fiber waiting counts as
-/// its thread waiting, so a thread may appear more than once. Never destroyed, so calls during exit stay safe.
+/// One blocked call of an owner thread: `waiter` waits on `target`. A fiber waiting counts as its thread waiting,
+/// so a thread may have several.
+struct affine_wait {
+  pid_t waiter;
+  const affine_node* target;  ///< kept alive by the waiting call's affine_wait_edge
+  std::uint64_t token;
+};
+
+/// The process-wide wait-for graph: the blocked calls of owner threads, in no order. It holds one entry per call
+/// that an owner thread is blocked in, so it stays tiny, and a flat list beats a map: adding and removing an edge
+/// allocates nothing once the list has grown. Never destroyed, so calls during exit stay safe.
 struct affine_graph {
   std::mutex mutex;
-  std::unordered_multimap<pid_t, std::pair<std::uint64_t, std::shared_ptr<const affine_node>>> waits;
+  std::vector<affine_wait> waits;
   std::uint64_t next_token = 1;
 };
 TETHER_DECL TETHER_VISIBLE affine_graph& affine_wait_graph() noexcept;
@@ -62,7 +71,7 @@ private:
   TETHER_DECL void publish(const std::shared_ptr<const affine_node>& target, const char* api);
   TETHER_DECL void withdraw() noexcept;
 
-  pid_t tid_ = 0;
+  std::shared_ptr<const affine_node> target_;  // while the edge is in the graph, others may read the node
   std::uint64_t token_ = 0;
 };
 

@@ -31,12 +31,19 @@
 
 namespace tether::inline v1::detail {
 
-/// Spins until `ready()` or `until`; true when ready. With `polite`, it yields the CPU every few dozen checks: a
-/// caller waiting for its answer lets an owner that shares its core (a busy machine) run at once, instead of
-/// keeping it off the core for the whole window. The owner's idle spin is not polite: yielding there made the
-/// scheduler keep owner and producer on one core, and a woken owner then waited a whole tick for a busy producer.
+/// Spins until `ready()`, for at most `spin` and never past `deadline`; true when ready. The clock is read only
+/// once the first checks have failed: a hand-off between two awake threads is over before then, and a clock read
+/// costs about as much as the hand-off. With `polite`, it yields the CPU every few dozen checks: a caller waiting
+/// for its answer lets an owner that shares its core (a busy machine) run at once, instead of keeping it off the
+/// core for the whole window. The owner's idle spin is not polite: yielding there made the scheduler keep owner
+/// and producer on one core, and a woken owner then waited a whole tick for a busy producer.
 template <class Ready>
-bool spin_until(Ready&& ready, steady_clock::time_point until, bool polite) noexcept {
+bool spin_for(Ready&& ready, std::chrono::nanoseconds spin, steady_clock::time_point deadline, bool polite) noexcept {
+  for (int i = 0; i < 16; ++i) {
+    if (ready()) return true;
+    spin_pause();
+  }
+  const auto until = std::min(deadline, steady_clock::now() + spin);
   for (;;) {
     for (int i = 0; i < 64; ++i) {
       if (ready()) return true;
@@ -57,6 +64,8 @@ public:
   virtual bool run(std::exception_ptr& escaped) noexcept = 0;
   /// The function will never run: fails its waiter with errc::abandoned, naming `executor`.
   virtual void abandon(std::string_view executor) noexcept = 0;
+
+  affine_job* next = nullptr;  ///< the executor's inbox links its jobs through here
 
 protected:
   ~affine_job() = default;
@@ -201,8 +210,7 @@ public:
     // A plain thread spins (politely) first: most calls are answered within that window, and then the owner's
     // set() finds nobody to wake. A fiber goes straight to the event, which suspends only the fiber.
     if (fiber_blocker_slot() == nullptr &&
-        spin_until([this] { return done_.is_set(); },
-                   std::min(deadline, steady_clock::now() + parker::default_spin), true))
+        spin_for([this] { return done_.is_set(); }, parker::default_spin, deadline, true))
       return true;
     if (done_.wait_until(deadline)) return true;
     if (claim(cancelled)) return false;
@@ -233,12 +241,13 @@ private:
     return state_.compare_exchange_strong(expected, to, std::memory_order_acq_rel);
   }
 
-  bound<Fn> fn_;
-  affine_value<R> result_;
-  std::exception_ptr error_;
-  event done_;
+  // What both threads touch on every call comes first, so that it shares the job's first cache line.
   std::atomic<std::uint32_t> state_{pending};
   std::atomic<std::uint32_t> refs_{2};
+  std::exception_ptr error_;
+  affine_value<R> result_;
+  event done_;
+  bound<Fn> fn_;
 };
 
 /// Drops the caller's reference to a call job.

@@ -5,6 +5,7 @@
 #include <tether/config.hpp>
 #include <tether/detail/parker.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <mutex>
 
@@ -87,9 +88,11 @@ private:
   void link(waiter& w) noexcept;
   void unlink(waiter& w) noexcept;
 
+  // The flags first: a caller that polls is_set() then shares one cache line with them, not with the mutex.
   std::atomic<bool> set_{false};
+  std::atomic<bool> waited_{false};  // a waiter has looked under the lock: set() must take the lock to wake it
+  waiter* head_ = nullptr;           // guarded by mutex_
   std::mutex mutex_;
-  waiter* head_ = nullptr;
 };
 
 }  // namespace tether::inline v1::detail

@@ -4,6 +4,8 @@
 
 #include <tether/detail/wait.hpp>
 
+#include <utility>
+
 namespace tether::inline v1::detail {
 
 namespace wait_impl {
@@ -34,13 +36,14 @@ TETHER_DECL blocker& current_blocker() noexcept {
 }
 
 TETHER_DECL void event::set() noexcept {
+  // seq_cst, paired with wait_until(): either we see its `waited_`, or it sees our `set_`. So a set() that nobody
+  // waits for costs two atomics and no lock.
+  if (set_.exchange(true, std::memory_order_seq_cst)) return;
+  if (!waited_.load(std::memory_order_seq_cst)) return;
   waiter* list = nullptr;
   {
     std::lock_guard lock(mutex_);
-    if (set_.load(std::memory_order_relaxed)) return;
-    set_.store(true, std::memory_order_release);
-    list = head_;
-    head_ = nullptr;
+    list = std::exchange(head_, nullptr);
     for (waiter* w = list; w; w = w->next) w->linked = false;
   }
   // Wake outside the lock; read `next` first, because a woken waiter may return and end its frame.
@@ -58,7 +61,8 @@ TETHER_DECL bool event::wait_until(steady_clock::time_point deadline) noexcept {
   b.prepare(w);
   {
     std::lock_guard lock(mutex_);
-    if (set_.load(std::memory_order_relaxed)) return true;
+    waited_.store(true, std::memory_order_seq_cst);
+    if (set_.load(std::memory_order_seq_cst)) return true;
     link(w);
   }
   if (b.block_until(w, deadline)) return true;
