@@ -220,6 +220,38 @@ TEST_CASE("cancelling a running task asks it to stop through stop_token and publ
   }
 }
 
+TEST_CASE("stop_token: a callback registered before the cancel runs on it, and a token taken after is stopped") {
+  task_manager tasks(with_workers(1));
+  std::promise<void> registered, cancelled;
+  std::atomic<int> callbacks{0};
+  auto early = tasks.submit("early", [&](task_context& t) {
+    std::stop_callback on_stop(t.stop_token(), [&] {
+      t.progress(0.5, "stopping");  // the callback may report: it runs outside the record's lock
+      ++callbacks;
+    });
+    registered.set_value();
+    cancelled.get_future().wait();  // blocks the worker: only the callback can tell us
+    return callbacks.load();
+  });
+  registered.get_future().wait();
+  CHECK(early.cancel() == tether::cancel_outcome::stop_requested);
+  CHECK(callbacks == 1);  // ran inside cancel(), on this thread
+  CHECK(tasks.info("early").message == "stopping");
+  cancelled.set_value();
+  CHECK(early.get() == 1);
+
+  std::promise<void> asked, go;
+  auto late = tasks.submit("late", [&](task_context& t) {
+    asked.set_value();
+    go.get_future().wait();
+    return t.stop_token().stop_requested();  // the stop state is made only now, after the cancel
+  });
+  asked.get_future().wait();
+  CHECK(late.cancel() == tether::cancel_outcome::stop_requested);
+  go.set_value();
+  CHECK(late.get());
+}
+
 TEST_CASE("a task that ignores a cancel request ends as it ends, with the request as reason") {
   task_manager tasks(with_workers(1));
   std::promise<void> running, asked;
@@ -371,6 +403,39 @@ TEST_CASE("retention keeps memory bounded over many tasks") {
   CHECK(tasks.list().size() <= 100);
   CHECK(tasks.info("t" + std::to_string(n - 1)).known == tether::task_known::live);
   CHECK(tasks.info("t" + std::to_string(n - 500)).known == tether::task_known::expired);
+}
+
+TEST_CASE("tombstones: evicted ids read expired for a while, then unknown; a reused id is live again") {
+  // max_retained 10 keeps max(10, 1024) tombstones: of 3,000 tasks, the newest 10 are live, the 1,024 evicted
+  // before them expired, and the rest forgotten. Many ids come and go around each one in the id table, which
+  // moves entries back into the gaps that erasing leaves; every id must still be found afterwards.
+  task_manager::options o = with_workers(1);
+  o.max_retained = 10;
+  task_manager tasks(o);
+  const int n = 3'000, kept = 10, graves = 1'024;
+  for (int i = 0; i < n; ++i) tasks.submit("t" + std::to_string(i), [] {}).get();
+  int live = 0, expired = 0, unknown = 0;
+  for (int i = 0; i < n; ++i) {
+    const auto known = tasks.info("t" + std::to_string(i)).known;
+    const auto expected = i >= n - kept            ? tether::task_known::live
+                          : i >= n - kept - graves ? tether::task_known::expired
+                                                   : tether::task_known::unknown;
+    if (known != expected) FAIL_CHECK("t" << i << " reads " << tether::to_string(known));
+    live += known == tether::task_known::live;
+    expired += known == tether::task_known::expired;
+    unknown += known == tether::task_known::unknown;
+  }
+  CHECK(live == kept);
+  CHECK(expired == graves);
+  CHECK(unknown == n - kept - graves);
+
+  // An expired id submitted again is live; its old tombstone, forgotten later, must not take the new record.
+  const std::string again = "t" + std::to_string(n - kept - 1);
+  REQUIRE(tasks.info(again).known == tether::task_known::expired);
+  CHECK(tasks.submit(again, [] { return 7; }).get() == 7);
+  for (int i = 0; i < graves; ++i) tasks.submit("u" + std::to_string(i), [] {}).get();  // forgets the old grave
+  CHECK(tasks.info(again).known == tether::task_known::expired);  // evicted itself by now, so a new grave
+  CHECK(tasks.info("u" + std::to_string(graves - 1)).known == tether::task_known::live);
 }
 
 TEST_CASE("list shows a group's tasks, or all of them") {

@@ -44,7 +44,7 @@ public:
 
   const std::string& id() const noexcept { return record_.id; }
   /// Stop is requested by cancel(), a replacing submit, cancel_group(), cancel_all() and shutdown(cancel).
-  std::stop_token stop_token() const noexcept { return record_.stop.get_token(); }
+  std::stop_token stop_token() const noexcept { return record_.stop_token(); }
   bool stop_requested() const noexcept { return record_.cancel_requested(); }
   /// Throws task_cancelled when stop was requested.
   void throw_if_cancelled() const {
@@ -232,8 +232,12 @@ auto task_manager::submit(std::string id, Fn&& fn, task_options opts) {
   using R = typename detail::task_return<F>::type;
   static_assert(std::is_void_v<R> || (std::is_object_v<R> && !std::is_const_v<R> && !std::is_array_v<R>),
                 "a task must return void or a non-const object type (not a reference or an array)");
+  // The id's slot in the registry is most likely not in the cache: ask for it now, so that it comes in while the
+  // record is made.
+  const std::uint64_t hash = std::hash<std::string_view>{}(id);
+  core_->prefetch(hash);
   detail::ref<detail::typed_record<R>> record(new detail::task_body<R, F>(
-      std::forward<Fn>(fn), std::move(id), std::move(opts.group), opts.weight, core_->next_generation(),
+      std::forward<Fn>(fn), std::move(id), hash, std::move(opts.group), opts.weight, core_->next_generation(),
       context::current()));
   core_->submit(*record, opts.duplicate);
   return task_handle<R>(std::move(record), core_.get());

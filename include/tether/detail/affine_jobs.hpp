@@ -31,29 +31,6 @@
 
 namespace tether::inline v1::detail {
 
-/// Spins until `ready()`, for at most `spin` and never past `deadline`; true when ready. The clock is read only
-/// once the first checks have failed: a hand-off between two awake threads is over before then, and a clock read
-/// costs about as much as the hand-off. With `polite`, it yields the CPU every few dozen checks: a caller waiting
-/// for its answer lets an owner that shares its core (a busy machine) run at once, instead of keeping it off the
-/// core for the whole window. The owner's idle spin is not polite: yielding there made the scheduler keep owner
-/// and producer on one core, and a woken owner then waited a whole tick for a busy producer.
-template <class Ready>
-bool spin_for(Ready&& ready, std::chrono::nanoseconds spin, steady_clock::time_point deadline, bool polite) noexcept {
-  for (int i = 0; i < 16; ++i) {
-    if (ready()) return true;
-    spin_pause();
-  }
-  const auto until = std::min(deadline, steady_clock::now() + spin);
-  for (;;) {
-    for (int i = 0; i < 64; ++i) {
-      if (ready()) return true;
-      spin_pause();
-    }
-    if (steady_clock::now() >= until) return false;
-    if (polite) std::this_thread::yield();
-  }
-}
-
 /// One function handed to an affine_executor. Exactly one of run() or abandon() is called, once, and that call
 /// disposes of the job; nothing touches it afterwards.
 class affine_job {

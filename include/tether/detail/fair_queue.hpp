@@ -4,6 +4,7 @@
 
 #include <tether/config.hpp>
 #include <tether/detail/ref_counted.hpp>
+#include <tether/detail/spin_lock.hpp>
 #include <tether/detail/task_record.hpp>
 
 #include <atomic>
@@ -68,7 +69,7 @@ struct queue_limits {
 /// and a group of weight w keeps the turn for w tasks in a row, so a group that queued a thousand tasks does not
 /// starve one that queued a single task. A group that gets work joins at the end of the ring. Removing a queued
 /// task (cancel) is O(1). The queue keeps one reference to each record from push() until finish() or remove().
-/// **Thread safety:** every member from any thread (one mutex; queued() is a lock-free read).
+/// **Thread safety:** every member from any thread (one lock; queued() is a lock-free read).
 class fair_queue {
 public:
   explicit fair_queue(queue_limits limits) noexcept : limits_(limits) {}
@@ -86,6 +87,9 @@ public:
 
   /// A running task ended: forgets it.
   TETHER_DECL void finish(task_record& task) noexcept;
+
+  /// finish(task) and pop() in one step: a worker that goes on to its next task takes the lock once, not twice.
+  TETHER_DECL ref<task_record> finish_and_pop(task_record& task) noexcept;
 
   /// Takes a queued task out; false when it is not queued (already running or ended).
   TETHER_DECL bool remove(task_record& task) noexcept;
@@ -105,7 +109,9 @@ public:
   std::size_t queued() const noexcept { return queued_.load(std::memory_order_seq_cst); }
 
 private:
-  TETHER_DECL queue_group& group_of(const task_record& task);
+  TETHER_DECL queue_group& add_group(const std::string& name);
+  TETHER_DECL task_record* pop_locked() noexcept;
+  TETHER_DECL bool finish_locked(task_record& task) noexcept;
   TETHER_DECL void unlink_queued(task_record& task) noexcept;
   TETHER_DECL void ring_insert(queue_group& g) noexcept;
   TETHER_DECL void ring_remove(queue_group& g) noexcept;
@@ -117,8 +123,11 @@ private:
     std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
   };
 
+  /// Groups with nothing queued or running are forgotten once there are more than this many.
+  static constexpr std::size_t kept_idle_groups = 64;
+
   const queue_limits limits_;
-  mutable std::mutex mutex_;
+  mutable spin_lock mutex_;
   // Keys view the groups' own names.
   std::unordered_map<std::string_view, std::unique_ptr<queue_group>, name_hash, std::equal_to<>> groups_;
   queue_group* turn_ = nullptr;  // the group pop() serves next; nullptr when nothing is queued

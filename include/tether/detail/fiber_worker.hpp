@@ -67,13 +67,22 @@ struct pooled_stack {
   void deallocate(boost::context::stack_context& stack) noexcept { pool->deallocate(stack); }
 };
 
+/// What the workers of one manager tell submitters about themselves. At most one idle worker spins, watching the
+/// queue: while one does, a submit needs to signal nobody. Otherwise a submit wakes a sleeping worker.
+/// **Thread safety:** atomics; see fiber_worker::idle_until() and task_core::wake_one() for the protocol.
+struct idle_workers {
+  alignas(64) std::atomic<unsigned> spinning{0};  ///< 0 or 1, but for a moment while two race for the role
+  std::atomic<unsigned> sleeping{0};              ///< workers that announced a sleep and can be claimed
+};
+
 /// Where a worker gets its tasks: the task manager.
 /// **Thread safety:** has_work() from any thread; run_one() on the worker's fibers.
 class task_source {
 public:
   /// True when a task is queued (a hint: seq_cst, paired with the worker's sleep check).
   virtual bool has_work() const noexcept = 0;
-  /// Takes one task and runs it to its end on the calling fiber; false when none was queued.
+  /// Takes a task and runs it to its end on the calling fiber, then more while worker.take_another() says so;
+  /// false when none was queued.
   virtual bool run_one(fiber_worker& worker) noexcept = 0;
 
 protected:
@@ -109,7 +118,7 @@ private:
 /// thread; everything else on the worker thread.
 class fiber_worker final : public blocker {
 public:
-  TETHER_DECL fiber_worker(task_source& source, std::atomic<unsigned>& sleepers, std::size_t stack_size);
+  TETHER_DECL fiber_worker(task_source& source, idle_workers& idle, std::size_t stack_size);
   fiber_worker(const fiber_worker&) = delete;
   fiber_worker& operator=(const fiber_worker&) = delete;
   ~fiber_worker() { join(); }
@@ -138,6 +147,13 @@ public:
   TETHER_DECL void set_current_task(task_context* task) noexcept;
   /// The running fiber's stack_low, or nullptr.
   TETHER_DECL char* current_stack_low() noexcept;
+
+  /// Between two tasks of a runner: true when it may take the next task at once, false when other fibers became
+  /// ready (they go first) or the worker is ending.
+  bool take_another() noexcept {
+    poll();
+    return ready_.empty() && !exiting_;
+  }
 
   /// this_task::yield(): lets ready fibers, and a newly queued task, run before the caller goes on.
   TETHER_DECL void yield_to_others();
@@ -173,10 +189,12 @@ private:
   TETHER_DECL fiber* choose_next() noexcept;
   TETHER_DECL void switch_context(fiber* from, fiber* to) noexcept;
   TETHER_DECL void idle_until(steady_clock::time_point until) noexcept;
+  TETHER_DECL bool spin_until(steady_clock::time_point until) noexcept;
+  TETHER_DECL bool something_to_do() const noexcept;
   void make_ready(fiber* f) noexcept { f->ready_link(ready_); }
 
   task_source& source_;
-  std::atomic<unsigned>& sleepers_;  // the manager's count of sleeping workers
+  idle_workers& pool_idle_;  // shared by the manager's workers
   std::thread thread_;
   parker parker_;
   std::atomic<bool> sleeping_{false};
@@ -197,6 +215,8 @@ private:
   std::size_t runners_ = 0;       // runner fibers alive
   std::size_t free_runners_ = 0;  // runners not running a task: idle, or started and not yet in one
   bool exiting_ = false;
+  std::chrono::nanoseconds spin_ = max_spin;  // how long this worker spins when it is the spinner; adapts
+  static constexpr std::chrono::nanoseconds min_spin{1'000}, max_spin{parker::default_spin};
   stack_pool stacks_;
 };
 

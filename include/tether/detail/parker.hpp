@@ -2,10 +2,12 @@
 // A one-thread parking spot: spin briefly, then sleep on a futex until unparked or a deadline passes.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <ctime>
+#include <thread>
 
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -22,6 +24,29 @@ inline void spin_pause() noexcept {
 #elif defined(__aarch64__)
   asm volatile("yield" ::: "memory");
 #endif
+}
+
+/// Spins until `ready()`, for at most `spin` and never past `deadline`; true when ready. The clock is read only
+/// once the first checks have failed: a hand-off between two awake threads is over before then, and a clock read
+/// costs about as much as the hand-off. With `polite`, it yields the CPU every few dozen checks: a caller waiting
+/// for its answer lets an owner that shares its core (a busy machine) run at once, instead of keeping it off the
+/// core for the whole window. An idle owner's spin is not polite: yielding there made the scheduler keep owner
+/// and producer on one core, and a woken owner then waited a whole tick for a busy producer.
+template <class Ready>
+bool spin_for(Ready&& ready, std::chrono::nanoseconds spin, steady_clock::time_point deadline, bool polite) noexcept {
+  for (int i = 0; i < 16; ++i) {
+    if (ready()) return true;
+    spin_pause();
+  }
+  const auto until = std::min(deadline, steady_clock::now() + spin);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (ready()) return true;
+      spin_pause();
+    }
+    if (steady_clock::now() >= until) return false;
+    if (polite) std::this_thread::yield();
+  }
 }
 
 /// Where one thread sleeps until another wakes it. Holds at most one wake token: an unpark() before the park()

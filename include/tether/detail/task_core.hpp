@@ -52,6 +52,8 @@ public:
   TETHER_DECL std::size_t cancel_matching(const std::function<bool(std::string_view)>& match, task_end why);
 
   task_registry::found find(std::string_view id) const { return registry_.find(id); }
+  /// A hint: brings the registry slot of an id with this hash into the cache.
+  void prefetch(std::uint64_t hash) const noexcept { registry_.prefetch(hash); }
   /// A finished task past retain_for: it reads as expired.
   bool expired(const task_record& task) const noexcept {
     return task.has_ended() && registry_.expired(task, std::chrono::steady_clock::now());
@@ -70,11 +72,12 @@ public:
 
 private:
   TETHER_DECL void end_unstarted(task_record& task) noexcept;
+  TETHER_DECL void run(task_record& task, fiber_worker& worker) noexcept;
   TETHER_DECL void wake_one() noexcept;
 
   fair_queue queue_;
   task_registry registry_;
-  std::atomic<unsigned> sleepers_{0};
+  idle_workers idle_;
   std::atomic<std::uint64_t> generation_{0};
   std::vector<std::unique_ptr<fiber_worker>> workers_;
   std::atomic<unsigned> next_wake_{0};  // where wake_one() starts looking, to spread wakes over the workers

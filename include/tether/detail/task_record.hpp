@@ -4,6 +4,7 @@
 
 #include <tether/context.hpp>
 #include <tether/detail/ref_counted.hpp>
+#include <tether/detail/spin_lock.hpp>
 #include <tether/detail/task_types.hpp>
 #include <tether/detail/wait.hpp>
 #include <tether/error.hpp>
@@ -43,6 +44,16 @@ TETHER_DECL void scrub_fiber_stack() noexcept;
 inline void scrub_fiber_stack() noexcept {}
 #endif
 
+/// The steady clock in nanoseconds: the one clock a task reads (one read per submit, start and end).
+inline std::int64_t steady_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+/// A steady_ns() time as wall-clock time, through one offset taken once per process: a snapshot shows the same
+/// times each time it is taken, and a wall-clock step later on does not move them. 0 stays the zero time_point.
+TETHER_DECL std::chrono::system_clock::time_point wall_time(std::int64_t steady) noexcept;
+
 /// The text of an exception for task_result::error_message: its what(), or a note when it has none.
 TETHER_DECL std::string describe_exception(const std::exception_ptr& error) noexcept;
 
@@ -53,15 +64,17 @@ TETHER_DECL std::string describe_exception(const std::exception_ptr& error) noex
 /// only under the fair queue's mutex.
 class task_record : public ref_counted {
 public:
-  TETHER_DECL task_record(std::string id, std::string group, unsigned weight, std::uint64_t generation,
-                          tether::context ctx);
+  /// `hash` is std::hash<std::string_view> of `id`.
+  TETHER_DECL task_record(std::string id, std::uint64_t hash, std::string group, unsigned weight,
+                          std::uint64_t generation, tether::context ctx);
 
   const std::string id;
+  const std::uint64_t hash;  ///< of the id: the registry's and the fair queue's lookups reuse it
   const std::string group;
   const unsigned weight;
   const std::uint64_t generation;  ///< grows with every submission to the manager
   const tether::context ctx;       ///< the submitter's context, installed around the task
-  const std::chrono::system_clock::time_point submitted;
+  const std::int64_t submitted_ns;  ///< steady-clock time of the submission
 
   // The fair queue's links (its mutex guards them).
   task_record* prev = nullptr;
@@ -72,13 +85,15 @@ public:
   std::atomic<task_status> status{task_status::queued};  ///< stored last by each transition (release)
   std::atomic<task_end> request{task_end::none};         ///< the first cancel request; later ones change nothing
   std::atomic<bool> started{false};
-  std::atomic<std::int64_t> finished_steady_ns{0};       ///< steady-clock time of the end, for retention
-  std::stop_source stop;
+  std::atomic<std::int64_t> finished_steady_ns{0};       ///< steady-clock time of the end; 0 before
   event cancelled;  ///< set with the first cancel request: wakes this_task::sleep_for
   event done;       ///< set once the status is final
 
   /// Records the first cancel request and signals it; true when this call was the first.
   TETHER_DECL bool request_stop(task_end why) noexcept;
+  /// Fires once a cancel was requested. The stop state is made on first use: most tasks never ask for it, and
+  /// making one costs an allocation (running out of memory there terminates, as in any noexcept function).
+  TETHER_DECL std::stop_token stop_token() const noexcept;
   /// queued → running, by the worker that took the task.
   TETHER_DECL void mark_started() noexcept;
   /// The final status, once, by whoever ended the task; the caller sets `done` afterwards.
@@ -112,15 +127,16 @@ public:
 protected:
   TETHER_DECL void fill_locked(task_fields& out) const;
 
-  mutable std::mutex mutex_;
+  mutable spin_lock mutex_;  // short sections, taken by the worker at every start and end
   // Guarded by mutex_.
+  mutable std::optional<std::stop_source> stop_;
   double progress_ = 0.0;
   std::string message_;
   std::uint64_t sequence_ = 0;
   std::exception_ptr error_;
   std::string error_message_;
   task_end reason_ = task_end::none;
-  std::chrono::system_clock::time_point started_, finished_;
+  std::int64_t started_ns_ = 0;  // steady-clock time of the start; 0 before
 };
 
 /// A record whose task returns R; holds the latest value.
@@ -207,8 +223,9 @@ template <class R, class Fn>
 class task_body final : public typed_record<R> {
 public:
   template <class F>
-  task_body(F&& fn, std::string id, std::string group, unsigned weight, std::uint64_t generation, tether::context ctx)
-      : typed_record<R>(std::move(id), std::move(group), weight, generation, std::move(ctx)),
+  task_body(F&& fn, std::string id, std::uint64_t hash, std::string group, unsigned weight, std::uint64_t generation,
+            tether::context ctx)
+      : typed_record<R>(std::move(id), hash, std::move(group), weight, generation, std::move(ctx)),
         fn_(std::in_place, std::forward<F>(fn)) {}
 
   task_status run(task_context& tc, std::exception_ptr& error) noexcept override {

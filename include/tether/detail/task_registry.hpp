@@ -3,7 +3,9 @@
 #pragma once
 
 #include <tether/config.hpp>
+#include <tether/detail/id_table.hpp>
 #include <tether/detail/ref_counted.hpp>
+#include <tether/detail/spin_lock.hpp>
 #include <tether/detail/task_record.hpp>
 
 #include <array>
@@ -13,9 +15,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
-#include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace tether::inline v1::detail {
@@ -24,7 +24,8 @@ namespace tether::inline v1::detail {
 /// it is evicted and leaves a tombstone, so that its id reads as expired rather than unknown, for another
 /// `retain_for` (at most max(max_retained, 1024) tombstones are kept). A finished record past `retain_for` reads
 /// as expired even before it is evicted: eviction happens when another task finishes.
-/// **Thread safety:** every member from any thread. Lock order: retention, then a shard (then the fair queue).
+/// **Thread safety:** every member from any thread. Locks: a shard, then the fair queue (inside insert's admit);
+/// the retention lock is never held together with another.
 class task_registry {
 public:
   using time_point = std::chrono::steady_clock::time_point;
@@ -37,25 +38,21 @@ public:
 
   TETHER_DECL found find(std::string_view id) const;
 
+  /// A hint, without the lock: starts loading the table slot where an id with this hash would be.
+  void prefetch(std::uint64_t hash) const noexcept { shard_of(hash).table.prefetch(hash); }
+
   /// Files `task` under its id. Under the id's lock, calls `admit(previous)` with the queued or running task that
   /// has the id (nullptr when none); when admit throws, nothing changes.
   template <class Admit>
   void insert(task_record& task, Admit&& admit) {
-    shard& s = shard_of(task.id);
-    std::lock_guard lock(s.mutex);
-    auto it = s.live.find(std::string_view(task.id));
-    task_record* previous = it != s.live.end() && !it->second->has_ended() ? it->second.get() : nullptr;
-    admit(previous);
-    if (it == s.live.end()) {
-      s.live.emplace(std::string_view(task.id), ref<task_record>(&task));
-    } else {
-      // The key views the old record's id: re-point it at the new record's own string.
-      auto node = s.live.extract(it);
-      node.key() = std::string_view(task.id);
-      node.mapped() = ref<task_record>(&task);
-      s.live.insert(std::move(node));
-    }
-    if (!s.tombstones.empty()) s.tombstones.erase(task.id);
+    shard& s = shard_of(task.hash);
+    std::lock_guard lock(s.lock);
+    id_table::slot* slot = s.table.find(task.id, task.hash);
+    task_record* live = slot ? slot->record() : nullptr;
+    if (!slot) s.table.reserve_one();  // before admit: once admitted, filing the task must not fail
+    admit(live && !live->has_ended() ? live : nullptr);
+    if (slot) s.table.replace(*slot, task);  // a finished record or a tombstone goes; a live one was replaced
+    else s.table.insert(task);
   }
 
   /// A task ended: keeps its record and evicts what is past the bounds.
@@ -72,32 +69,34 @@ public:
 
 private:
   struct shard {
-    mutable std::mutex mutex;
-    // The standard hashes, because libstdc++ caches their values in the nodes (it does not for a custom hash), and
-    // re-hashing every id along a bucket made the lookups the most expensive part of a task.
-    std::unordered_map<std::string_view, ref<task_record>> live;  // keys view record ids
-    std::unordered_map<std::string, time_point> tombstones;       // id -> evicted at
+    mutable spin_lock lock;
+    id_table table;
   };
-  struct tombstone {
-    std::string id;
+  /// A tombstone in eviction order; `grave` is only compared, never read, until found in its shard again.
+  struct grave_ref {
+    std::uint64_t hash;
+    const tombstone* grave;
+    std::uint64_t seq;
     time_point at;
   };
 
   static constexpr std::size_t shard_count = 64;
+  /// Evictions done per turn of the retention lock.
+  static constexpr std::size_t batch = 16;
 
-  shard& shard_of(std::string_view id) const noexcept {
-    return shards_[std::hash<std::string_view>{}(id) % shard_count];
-  }
-  TETHER_DECL void evict(task_record& task, time_point now);
-  TETHER_DECL void forget_tombstones(time_point now);
+  shard& shard_of(std::uint64_t hash) const noexcept { return shards_[hash >> 58]; }  // the table uses the low bits
+  static_assert(shard_count == 64, "shard_of() takes the top six bits of the hash");
+
+  TETHER_DECL bool bury(task_record& task, time_point now, grave_ref& out);
+  TETHER_DECL void forget(const grave_ref& g) noexcept;
 
   const std::chrono::steady_clock::duration retain_for_;
   const std::size_t max_retained_;
   const std::size_t max_tombstones_;
   mutable std::array<shard, shard_count> shards_;
-  std::mutex retention_mutex_;
-  std::deque<ref<task_record>> retained_;  // finish order; guarded by retention_mutex_
-  std::deque<tombstone> tombstone_order_;  // eviction order; guarded by retention_mutex_
+  spin_lock retention_lock_;
+  std::deque<ref<task_record>> retained_;  // finish order; guarded by retention_lock_
+  std::deque<grave_ref> graves_;           // eviction order; guarded by retention_lock_
 };
 
 }  // namespace tether::inline v1::detail

@@ -4,6 +4,7 @@
 
 #include <tether/config.hpp>
 #include <tether/detail/parker.hpp>
+#include <tether/detail/spin_lock.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -92,7 +93,7 @@ private:
   std::atomic<bool> set_{false};
   std::atomic<bool> waited_{false};  // a waiter has looked under the lock: set() must take the lock to wake it
   waiter* head_ = nullptr;           // guarded by mutex_
-  std::mutex mutex_;
+  spin_lock mutex_;                  // a few pointer moves at a time; small, as events are embedded by the many
 };
 
 }  // namespace tether::inline v1::detail

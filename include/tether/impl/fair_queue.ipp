@@ -27,7 +27,7 @@ TETHER_DECL bool fair_queue::push(task_record& task, task_record* replaced) {
             task.id);
     auto found = groups_.find(std::string_view(task.group));
     check_bounds(task, found == groups_.end() ? nullptr : found->second.get(), take_replaced ? replaced : nullptr);
-    queue_group& g = group_of(task);
+    queue_group& g = found != groups_.end() ? *found->second : add_group(task.group);
     intrusive_ptr_add_ref(&task);
     task.home = &g;
     task.place = task_place::queued;
@@ -59,10 +59,8 @@ TETHER_DECL void fair_queue::check_bounds(const task_record& task, const queue_g
           task.id, task.group, in_group);
 }
 
-TETHER_DECL queue_group& fair_queue::group_of(const task_record& task) {
-  auto found = groups_.find(std::string_view(task.group));
-  if (found != groups_.end()) return *found->second;
-  auto g = std::make_unique<queue_group>(task.group);
+TETHER_DECL queue_group& fair_queue::add_group(const std::string& name) {
+  auto g = std::make_unique<queue_group>(name);
   queue_group& made = *g;
   groups_.emplace(std::string_view(made.name), std::move(g));
   return made;
@@ -70,7 +68,11 @@ TETHER_DECL queue_group& fair_queue::group_of(const task_record& task) {
 
 TETHER_DECL ref<task_record> fair_queue::pop() {
   std::lock_guard lock(mutex_);
-  if (!turn_) return {};
+  return ref<task_record>(pop_locked());
+}
+
+TETHER_DECL task_record* fair_queue::pop_locked() noexcept {
+  if (!turn_) return nullptr;
   queue_group& g = *turn_;
   task_record& t = *g.queued.front();
   g.queued.erase(t);
@@ -86,21 +88,40 @@ TETHER_DECL ref<task_record> fair_queue::pop() {
     turn_ = g.ring_next;
   }
   queued_.store(total_, std::memory_order_seq_cst);
-  return ref<task_record>(&t);
+  return &t;
 }
 
 TETHER_DECL void fair_queue::finish(task_record& task) noexcept {
+  bool release = false;
   {
     std::lock_guard lock(mutex_);
-    if (task.place != task_place::running) return;
-    queue_group& g = *task.home;
-    g.running.erase(task);
-    --g.running_count;
-    task.place = task_place::finished;
-    task.home = nullptr;
-    forget_if_empty(g);
+    release = finish_locked(task);
   }
-  intrusive_ptr_release(&task);
+  if (release) intrusive_ptr_release(&task);
+}
+
+TETHER_DECL ref<task_record> fair_queue::finish_and_pop(task_record& task) noexcept {
+  bool release = false;
+  ref<task_record> next;
+  {
+    std::lock_guard lock(mutex_);
+    release = finish_locked(task);
+    next.reset(pop_locked());
+  }
+  if (release) intrusive_ptr_release(&task);  // outside the lock: it may be the last reference
+  return next;
+}
+
+/// True when the caller must drop the queue's reference to `task` (after unlocking).
+TETHER_DECL bool fair_queue::finish_locked(task_record& task) noexcept {
+  if (task.place != task_place::running) return false;
+  queue_group& g = *task.home;
+  g.running.erase(task);
+  --g.running_count;
+  task.place = task_place::finished;
+  task.home = nullptr;
+  forget_if_empty(g);
+  return true;
 }
 
 TETHER_DECL bool fair_queue::remove(task_record& task) noexcept {
@@ -185,6 +206,8 @@ TETHER_DECL void fair_queue::ring_remove(queue_group& g) noexcept {
 TETHER_DECL void fair_queue::forget_if_empty(queue_group& g) noexcept {
   if (g.queued_count != 0 || g.running_count != 0) return;
   ring_remove(g);
+  // A few idle groups stay: a group whose queue keeps running dry would otherwise be made anew for every task.
+  if (groups_.size() <= kept_idle_groups) return;
   groups_.erase(std::string_view(g.name));  // destroys `g`
 }
 

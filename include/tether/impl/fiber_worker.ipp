@@ -79,8 +79,8 @@ TETHER_DECL fiber_props& fiber_scheduler::props_of(boost::fibers::context* fiber
 
 // ---- the worker ----------------------------------------------------------------------------------------------
 
-TETHER_DECL fiber_worker::fiber_worker(task_source& source, std::atomic<unsigned>& sleepers, std::size_t stack_size)
-    : source_(source), sleepers_(sleepers), stacks_(stack_size) {}
+TETHER_DECL fiber_worker::fiber_worker(task_source& source, idle_workers& idle, std::size_t stack_size)
+    : source_(source), pool_idle_(idle), stacks_(stack_size) {}
 
 TETHER_DECL void fiber_worker::start() {
   thread_ = std::thread([this] { thread_main(); });
@@ -200,14 +200,37 @@ TETHER_DECL void fiber_worker::deliver(waiter& w) noexcept {
 TETHER_DECL void fiber_worker::idle_until(steady_clock::time_point until) noexcept {
   if (exiting_ && runners_ == 0) return;  // Boost is tearing the scheduler down
   if (!timers_.empty()) until = std::min(until, timers_.begin()->first);
+  if (spin_until(until)) return;
   // Announce the sleep before the last look for work: a submit either sees the flag or we see its task.
   sleeping_.store(true, std::memory_order_seq_cst);
-  sleepers_.fetch_add(1, std::memory_order_seq_cst);
-  const bool work = inbox_pending_.load(std::memory_order_seq_cst) || (!exiting_ && source_.has_work());
-  if (!work) parker_.park_until(until);
-  sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+  pool_idle_.sleeping.fetch_add(1, std::memory_order_seq_cst);
+  const auto parked_at = steady_clock::now();
+  const bool woken = !something_to_do() && parker_.park_until(until, std::chrono::nanoseconds::zero());
+  pool_idle_.sleeping.fetch_sub(1, std::memory_order_seq_cst);
   // relaxed: a claim that raced with our wake-up leaves a token, which only shortens the next park.
   sleeping_.store(false, std::memory_order_relaxed);
+  // As for affine_executor: spin the whole window next time when work came soon after we gave up, else half.
+  if (woken) spin_ = steady_clock::now() - parked_at < max_spin ? max_spin : std::max(min_spin, spin_ / 2);
+}
+
+/// Spins until there is something to do or `until`, if no other worker of the manager is spinning; true when
+/// there is something to do. While we spin, submitters signal nobody: we watch the queue ourselves.
+TETHER_DECL bool fiber_worker::spin_until(steady_clock::time_point until) noexcept {
+  if (pool_idle_.spinning.fetch_add(1, std::memory_order_seq_cst) != 0) {
+    pool_idle_.spinning.fetch_sub(1, std::memory_order_relaxed);  // relaxed: we never were the spinner
+    return false;
+  }
+  const bool found = spin_for([this] { return something_to_do(); }, spin_, until, false);
+  // seq_cst, paired with wake_one(): a submit that saw us spinning left its task to us, so look once more after
+  // giving the role up. Either we see its task, or it sees that nobody spins and wakes a sleeper.
+  pool_idle_.spinning.fetch_sub(1, std::memory_order_seq_cst);
+  return found || something_to_do();
+}
+
+/// A task is queued, a fiber was woken from another thread, or the worker is to stop (which also comes through
+/// the inbox). seq_cst loads: see the protocols above.
+TETHER_DECL bool fiber_worker::something_to_do() const noexcept {
+  return inbox_pending_.load(std::memory_order_seq_cst) || (!exiting_ && source_.has_work());
 }
 
 TETHER_DECL task_context* fiber_worker::current_task() noexcept { return scheduler_->props_of(fiber::active()).task; }

@@ -44,7 +44,7 @@ TETHER_DECL task_core::task_core(const task_core_settings& settings)
     : queue_(settings.limits), registry_(settings.retain_for, settings.max_retained) {
   workers_.reserve(settings.workers);
   for (unsigned i = 0; i < settings.workers; ++i)
-    workers_.push_back(std::make_unique<fiber_worker>(*this, sleepers_, settings.stack_size));
+    workers_.push_back(std::make_unique<fiber_worker>(*this, idle_, settings.stack_size));
   for (auto& worker : workers_) worker->start();
 }
 
@@ -83,8 +83,10 @@ TETHER_DECL void task_core::submit(task_record& task, on_duplicate duplicate) {
 }
 
 TETHER_DECL void task_core::wake_one() noexcept {
-  // seq_cst: pairs with the worker announcing its sleep before its last look at the queue.
-  if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
+  // seq_cst, after the push: pairs with a worker giving up the spinner role, and with one announcing its sleep,
+  // before each one's last look at the queue. A spinning worker finds the task by itself.
+  if (idle_.spinning.load(std::memory_order_seq_cst) != 0) return;
+  if (idle_.sleeping.load(std::memory_order_seq_cst) == 0) return;
   const std::size_t n = workers_.size();
   const std::size_t first = next_wake_.fetch_add(1, std::memory_order_relaxed) % n;  // only spreads the wakes
   for (std::size_t i = 0; i < n; ++i) {
@@ -134,21 +136,37 @@ TETHER_DECL std::size_t task_core::cancel_matching(const std::function<bool(std:
 }
 
 TETHER_DECL bool task_core::run_one(fiber_worker& worker) noexcept {
-  const ref<task_record> task = queue_.pop();
+  ref<task_record> task = queue_.pop();
   if (!task) return false;
-  task->mark_started();
-  task_context context(*task);
+  while (task) {
+    // A cancel that came after the pop, while the task was not yet started, still keeps it from starting.
+    if (task->cancel_requested()) {
+      task->drop();
+      task->finish(task_status::cancelled, nullptr);
+    } else {
+      run(*task, worker);
+    }
+    // Going on with the next task takes the queue's lock once for both; other ready fibers go first, though.
+    ref<task_record> next;
+    if (worker.take_another()) next = queue_.finish_and_pop(*task);
+    else queue_.finish(*task);
+    registry_.retire(*task);
+    task->done.set();  // last: whoever sees the end also sees the queue and retention bookkeeping done
+    task = std::move(next);
+  }
+  return true;
+}
+
+TETHER_DECL void task_core::run(task_record& task, fiber_worker& worker) noexcept {
+  task.mark_started();
+  task_context context(task);
   worker.set_current_task(&context);
   std::exception_ptr error;
   const task_status ended = run_captured(
-      [&] { return invoke_in(task->ctx, [&] { return task->run(context, error); }); }, "tether::task_manager worker");
+      [&] { return invoke_in(task.ctx, [&] { return task.run(context, error); }); }, "tether::task_manager worker");
   scrub_fiber_stack();  // what the task's exceptions left behind
   worker.set_current_task(nullptr);
-  task->finish(ended, std::move(error));
-  queue_.finish(*task);
-  registry_.retire(*task);
-  task->done.set();  // last: whoever sees the end also sees the queue and retention bookkeeping done
-  return true;
+  task.finish(ended, std::move(error));
 }
 
 TETHER_DECL shutdown_report task_core::shutdown(shutdown_mode mode) {

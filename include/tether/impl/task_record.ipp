@@ -23,43 +23,70 @@ TETHER_DECL std::string describe_exception(const std::exception_ptr& error) noex
   }
 }
 
-TETHER_DECL task_record::task_record(std::string task_id, std::string task_group, unsigned task_weight,
-                                     std::uint64_t task_generation, tether::context task_ctx)
+TETHER_DECL std::chrono::system_clock::time_point wall_time(std::int64_t steady) noexcept {
+  using namespace std::chrono;
+  if (steady == 0) return {};
+  static const nanoseconds offset = duration_cast<nanoseconds>(system_clock::now().time_since_epoch()) -
+                                    nanoseconds(steady_ns());
+  return system_clock::time_point(duration_cast<system_clock::duration>(offset + nanoseconds(steady)));
+}
+
+TETHER_DECL task_record::task_record(std::string task_id, std::uint64_t id_hash, std::string task_group,
+                                     unsigned task_weight, std::uint64_t task_generation, tether::context task_ctx)
     : id(std::move(task_id)),
+      hash(id_hash),
       group(std::move(task_group)),
       weight(task_weight),
       generation(task_generation),
       ctx(std::move(task_ctx)),
-      submitted(std::chrono::system_clock::now()) {}
+      submitted_ns(steady_ns()) {}
 
 TETHER_DECL bool task_record::request_stop(task_end why) noexcept {
   task_end expected = task_end::none;
   if (!request.compare_exchange_strong(expected, why, std::memory_order_acq_rel)) return false;
-  stop.request_stop();
+  std::optional<std::stop_source> source;
+  {
+    std::lock_guard lock(mutex_);
+    source = stop_;
+  }
+  // Outside the lock: request_stop() runs the task's stop callbacks, which may report progress.
+  if (source) source->request_stop();
   cancelled.set();
   return true;
 }
 
+TETHER_DECL std::stop_token task_record::stop_token() const noexcept {
+  std::stop_source source;
+  {
+    std::lock_guard lock(mutex_);
+    if (!stop_) stop_.emplace();
+    source = *stop_;
+  }
+  // A request that came before the state existed found nothing to stop: stand in for it. (Its lock section came
+  // first, so the request is visible here.)
+  if (cancel_requested()) source.request_stop();
+  return source.get_token();
+}
+
 TETHER_DECL void task_record::mark_started() noexcept {
+  const std::int64_t now = steady_ns();
   std::lock_guard lock(mutex_);
-  started_ = std::chrono::system_clock::now();
+  started_ns_ = now;
   started.store(true, std::memory_order_relaxed);  // read after `done` (acquire) or under the queue mutex
   status.store(task_status::running, std::memory_order_release);
 }
 
 TETHER_DECL void task_record::finish(task_status final_status, std::exception_ptr error) noexcept {
-  const auto steady_now = std::chrono::steady_clock::now().time_since_epoch();
+  const std::int64_t now = steady_ns();
   std::string text = error ? describe_exception(error) : std::string();
   std::lock_guard lock(mutex_);
-  finished_ = std::chrono::system_clock::now();
   error_ = std::move(error);
   error_message_ = std::move(text);
   const task_end asked = request.load(std::memory_order_acquire);
   if (asked != task_end::none) reason_ = asked;
   else reason_ = final_status == task_status::failed ? task_end::failed : task_end::completed;
   ++sequence_;
-  finished_steady_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(steady_now).count(),
-                           std::memory_order_relaxed);  // partner: the release store of `status` below
+  finished_steady_ns.store(now, std::memory_order_relaxed);  // partner: the release store of `status` below
   status.store(final_status, std::memory_order_release);
 }
 
@@ -90,9 +117,9 @@ TETHER_DECL void task_record::fill_locked(task_fields& out) const {
   out.error = error_;
   out.error_message = error_message_;
   out.reason = reason_;
-  out.submitted = submitted;
-  out.started = started_;
-  out.finished = finished_;
+  out.submitted = wall_time(submitted_ns);
+  out.started = wall_time(started_ns_);
+  out.finished = wall_time(finished_steady_ns.load(std::memory_order_relaxed));  // partner: the mutex
 }
 
 }  // namespace tether::inline v1::detail

@@ -5,6 +5,7 @@
 #include <tether/detail/task_registry.hpp>
 
 #include <algorithm>
+#include <memory>
 
 namespace tether::inline v1::detail {
 
@@ -12,16 +13,16 @@ TETHER_DECL task_registry::task_registry(std::chrono::seconds retain_for, std::s
     : retain_for_(retain_for), max_retained_(max_retained), max_tombstones_(std::max<std::size_t>(max_retained, 1024)) {}
 
 TETHER_DECL task_registry::found task_registry::find(std::string_view id) const {
-  shard& s = shard_of(id);
-  std::lock_guard lock(s.mutex);
-  if (auto it = s.live.find(id); it != s.live.end()) {
-    if (it->second->has_ended() && expired(*it->second, std::chrono::steady_clock::now()))
-      return {nullptr, task_known::expired};
-    return {it->second, task_known::live};
+  const std::uint64_t hash = std::hash<std::string_view>{}(id);
+  shard& s = shard_of(hash);
+  std::lock_guard lock(s.lock);
+  const id_table::slot* slot = s.table.find(id, hash);
+  if (!slot) return {};
+  if (task_record* r = slot->record()) {
+    if (r->has_ended() && expired(*r, std::chrono::steady_clock::now())) return {nullptr, task_known::expired};
+    return {ref<task_record>(r), task_known::live};
   }
-  if (s.tombstones.empty()) return {};
-  if (auto it = s.tombstones.find(std::string(id)); it != s.tombstones.end())
-    if (std::chrono::steady_clock::now() - it->second < retain_for_) return {nullptr, task_known::expired};
+  if (std::chrono::steady_clock::now() - slot->grave()->at < retain_for_) return {nullptr, task_known::expired};
   return {};
 }
 
@@ -32,47 +33,87 @@ TETHER_DECL bool task_registry::expired(const task_record& task, time_point now)
 }
 
 TETHER_DECL void task_registry::retire(task_record& task) {
-  std::lock_guard lock(retention_mutex_);
-  retained_.emplace_back(&task);
-  const time_point now = std::chrono::steady_clock::now();
-  while (!retained_.empty() && (retained_.size() > max_retained_ || expired(*retained_.front(), now))) {
-    evict(*retained_.front(), now);
-    retained_.pop_front();
-  }
-  forget_tombstones(now);
-}
-
-TETHER_DECL void task_registry::evict(task_record& task, time_point now) {
-  shard& s = shard_of(task.id);
-  std::lock_guard lock(s.mutex);
-  auto it = s.live.find(std::string_view(task.id));
-  if (it == s.live.end() || it->second.get() != &task) return;  // a newer submission owns the id now
-  s.live.erase(it);
-  s.tombstones.insert_or_assign(task.id, now);
-  tombstone_order_.push_back({task.id, now});
-}
-
-TETHER_DECL void task_registry::forget_tombstones(time_point now) {
-  while (!tombstone_order_.empty()) {
-    const tombstone& oldest = tombstone_order_.front();
-    if (tombstone_order_.size() <= max_tombstones_ && now - oldest.at < retain_for_) return;
-    shard& s = shard_of(oldest.id);
+  // The retention lock only moves pointers in and out of the two queues; the table work of an eviction happens
+  // under the record's shard lock alone, so that two workers retiring at once rarely wait for each other.
+  ref<task_record> victims[batch];
+  grave_ref graves[batch];
+  bool first = true;
+  for (;;) {
+    // The task has just ended: its end time is "now" closely enough, and saves a clock read.
+    const time_point now = first ? time_point(std::chrono::nanoseconds(task.finished_steady_ns.load(
+                                       std::memory_order_relaxed)))  // partner: `status`, read by our caller
+                                 : std::chrono::steady_clock::now();
+    std::size_t n = 0;
     {
-      std::lock_guard lock(s.mutex);
-      auto it = s.tombstones.find(oldest.id);
-      if (it != s.tombstones.end() && it->second == oldest.at) s.tombstones.erase(it);
+      std::lock_guard lock(retention_lock_);
+      if (first) retained_.emplace_back(&task);
+      while (n < batch && !retained_.empty() &&
+             (retained_.size() > max_retained_ || expired(*retained_.front(), now))) {
+        victims[n++] = std::move(retained_.front());
+        retained_.pop_front();
+      }
     }
-    tombstone_order_.pop_front();
+    first = false;
+    std::size_t buried = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      if (bury(*victims[i], now, graves[buried])) ++buried;
+    for (std::size_t i = 0; i < n; ++i) victims[i].reset();
+    std::size_t stale = 0;
+    {
+      std::lock_guard lock(retention_lock_);
+      for (std::size_t i = 0; i < buried; ++i) graves_.push_back(graves[i]);
+      while (stale < batch && !graves_.empty() &&
+             (graves_.size() > max_tombstones_ || now - graves_.front().at >= retain_for_)) {
+        graves[stale++] = graves_.front();
+        graves_.pop_front();
+      }
+    }
+    for (std::size_t i = 0; i < stale; ++i) forget(graves[i]);
+    if (n < batch && stale < batch) return;  // nothing more is due
   }
+}
+
+TETHER_DECL bool task_registry::bury(task_record& task, time_point now, grave_ref& out) {
+  shard& s = shard_of(task.hash);
+  // Made before taking the lock; dropped unused when a newer submission owns the id now.
+  std::unique_ptr<tombstone> grave;
+  try {
+    grave.reset(new tombstone{task.id, now, 0});
+  } catch (...) {
+    // No memory for a tombstone: the record still goes, and its id reads as unknown instead of expired.
+  }
+  std::lock_guard lock(s.lock);
+  id_table::slot* slot = s.table.find(task);
+  if (!slot) return false;
+  if (!grave) {
+    s.table.erase(*slot);
+    return false;
+  }
+  // The sequence number only needs to differ between the tombstones one id has over time: the record's own
+  // generation does (it grows with every submission), and it is known here without another lock.
+  grave->seq = task.generation;
+  out = {task.hash, grave.get(), grave->seq, now};
+  s.table.bury(*slot, std::move(grave));
+  return true;
+}
+
+TETHER_DECL void task_registry::forget(const grave_ref& g) noexcept {
+  shard& s = shard_of(g.hash);
+  std::lock_guard lock(s.lock);
+  // The tombstone is gone already when its id was submitted again; an equal address is then a newer tombstone,
+  // which the sequence number tells apart.
+  id_table::slot* slot = s.table.find(g.hash, g.grave);
+  if (slot && slot->grave()->seq == g.seq) s.table.erase(*slot);
 }
 
 TETHER_DECL std::vector<ref<task_record>> task_registry::collect(
     const std::function<bool(const task_record&)>& keep) const {
   std::vector<ref<task_record>> out;
   for (shard& s : shards_) {
-    std::lock_guard lock(s.mutex);
-    for (const auto& [id, record] : s.live)
-      if (keep(*record)) out.push_back(record);
+    std::lock_guard lock(s.lock);
+    s.table.for_each_record([&](task_record& r) {
+      if (keep(r)) out.emplace_back(&r);
+    });
   }
   return out;
 }
@@ -80,8 +121,8 @@ TETHER_DECL std::vector<ref<task_record>> task_registry::collect(
 TETHER_DECL std::size_t task_registry::size() const {
   std::size_t n = 0;
   for (shard& s : shards_) {
-    std::lock_guard lock(s.mutex);
-    n += s.live.size();
+    std::lock_guard lock(s.lock);
+    n += s.table.records();
   }
   return n;
 }
