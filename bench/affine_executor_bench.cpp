@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
 // affine_executor hand-off latency, p50 and p99, beside its floors (spin polling, mutex + condvar) and its peers
-// (Boost.Asio io_context, libuv uv_async_send, GLib g_main_context_invoke), with the owner awake and parked.
+// (Boost.Asio io_context, libuv uv_async_send, GLib g_main_context_invoke, moodycamel BlockingConcurrentQueue), with
+// the owner awake and parked.
 #include <tether/affine_executor.hpp>
 
 #include <benchmark/benchmark.h>
@@ -8,6 +9,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_future.hpp>
+#include <concurrentqueue/blockingconcurrentqueue.h>
 #include <glib.h>
 #include <uv.h>
 
@@ -126,6 +128,37 @@ private:
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> queue_;
+  std::thread owner_;
+};
+
+/// moodycamel's BlockingConcurrentQueue, the MPMC queue tether first used for this hand-off: the owner waits in
+/// wait_dequeue() (it spins briefly, then sleeps on a semaphore); the caller spins for the answer, as for spin_peer.
+class moodycamel_peer {
+public:
+  moodycamel_peer() : owner_([this] { loop(); }) {}
+  ~moodycamel_peer() {
+    queue_.enqueue({});
+    owner_.join();
+  }
+  void post(std::function<void()> fn) { queue_.enqueue(std::move(fn)); }
+  int call(int (*fn)()) {
+    std::atomic<int> answer{-1};
+    post([&answer, fn] { answer.store(fn(), std::memory_order_release); });
+    int got;
+    while ((got = answer.load(std::memory_order_acquire)) < 0) tether::detail::spin_pause();
+    return got;
+  }
+
+private:
+  void loop() {
+    std::function<void()> fn;
+    for (;;) {
+      queue_.wait_dequeue(fn);
+      if (!fn) return;  // the destructor's empty function
+      fn();
+    }
+  }
+  moodycamel::BlockingConcurrentQueue<std::function<void()>> queue_;
   std::thread owner_;
 };
 
@@ -338,6 +371,7 @@ int main(int argc, char** argv) {
   register_peer<spin_peer>("spin");
   register_peer<condvar_peer>("condvar");
   register_peer<tether_peer>("tether");
+  register_peer<moodycamel_peer>("moodycamel");
   register_peer<asio_peer>("asio");
   register_peer<uv_peer>("libuv");
   register_peer<glib_peer>("glib");

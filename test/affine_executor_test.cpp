@@ -508,6 +508,42 @@ TEST_CASE("wakeup_fd asked for while work is already pending is readable at once
   CHECK(ex.poll() == 1);
 }
 
+TEST_CASE("a drain from another thread always wakes a loop that waits on wakeup_fd" * doctest::timeout(120)) {
+  // Regression: the loop's poll() could consume drain()'s signal on leaving and signal nothing itself, so a loop
+  // that then waited on the fd waited forever while the executor stayed "draining".
+  const int rounds = scaled(1000);
+  for (int round = 0; round < rounds; ++round) {
+    tether::affine_executor ex("fd-drain");
+    const int fd = ex.wakeup_fd();
+    std::atomic<bool> drained{false};
+    std::latch owning(1);
+    bool waited_in_vain = false;
+    std::thread owner([&] {
+      ex.poll();  // claims it
+      owning.count_down();
+      for (;;) {
+        ex.poll();
+        if (ex.stopped()) return;
+        if (!drained.load()) continue;  // keeps the owner inside poll() while drain() comes
+        // A correct executor is readable here at once; 10 s only guards against hanging the suite.
+        if (!readable(fd, 10'000) && !ex.stopped()) {
+          waited_in_vain = true;
+          return;
+        }
+      }
+    });
+    owning.wait();
+    for (int spin = round % 97; spin > 0; --spin) tether::detail::spin_pause();  // varies where drain() lands
+    ex.drain();
+    drained = true;
+    owner.join();
+    if (waited_in_vain) {
+      FAIL_CHECK("round " << round << ": the loop waited on a clear fd while the executor was draining");
+      break;
+    }
+  }
+}
+
 TEST_CASE("work that a nested loop brought in but left behind keeps wakeup_fd readable") {
   tether::affine_executor ex("nested-fd");
   const int fd = ex.wakeup_fd();

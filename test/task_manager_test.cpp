@@ -553,6 +553,62 @@ TEST_CASE("a group's weight gives it that many turns per round") {
   CHECK(order.substr(0, 16) == "HHHlHHHlHHHlHHHl");
 }
 
+TEST_CASE("a task submitted while the awake worker is taken starts on an idle worker, not after it"
+          * doctest::timeout(120)) {
+  // Regression: submits that found a worker spinning left their tasks to it, and nobody woke the other worker,
+  // so the second task waited behind the first. A second submit right behind the first is the common way in.
+  for (unsigned workers : {2u, 4u}) {
+    CAPTURE(workers);
+    task_manager tasks(with_workers(workers));
+    for (int round = 0; round < scaled(200, 10); ++round) {
+      thread_gate gate;
+      tasks.submit("holder", gate.blocker());
+      auto quick = tasks.submit("quick", [] {});
+      // The holder keeps its worker until we open the gate, which we do only after the quick one ran: if it
+      // waited for the holder's worker, it would wait for ever (10 s guards the suite).
+      const bool ran = quick.wait_for(10s) == task_status::succeeded;
+      gate.open();
+      if (!ran) {
+        FAIL_CHECK("round " << round << ": the quick task waited behind the blocked one");
+        break;
+      }
+      tasks.wait("holder", 10s);
+    }
+  }
+}
+
+TEST_CASE("stress: cancel's outcome matches what happened to the task" * doctest::timeout(120)) {
+  // removed_from_queue means the function never ran, also for a task a worker had already taken but not started;
+  // stop_requested means it ran (and was asked to stop); already_finished means it ran to its end.
+  for (unsigned workers : {1u, 2u}) {
+    CAPTURE(workers);
+    task_manager tasks(with_workers(workers));
+    int mismatches = 0, removed = 0, stopped = 0, finished = 0;
+    for (int i = 0; i < scaled(20'000); ++i) {
+      auto ran = std::make_shared<std::atomic<bool>>(false);
+      tasks.submit("warm" + std::to_string(i % 3), [] {});  // keeps the workers taking tasks back to back
+      auto h = tasks.submit("t" + std::to_string(i), [ran] { ran->store(true); });
+      const auto outcome = h.cancel();
+      h.wait();
+      const bool did_run = ran->load();
+      switch (outcome) {
+        case tether::cancel_outcome::removed_from_queue:
+          ++removed;
+          mismatches += did_run || h.status() != task_status::cancelled;
+          break;
+        case tether::cancel_outcome::stop_requested: ++stopped; mismatches += !did_run; break;
+        case tether::cancel_outcome::already_finished: ++finished; mismatches += !did_run; break;
+        default: ++mismatches;
+      }
+    }
+    CAPTURE(removed);
+    CAPTURE(stopped);
+    CAPTURE(finished);
+    CHECK(mismatches == 0);
+    CHECK(removed > 0);
+  }
+}
+
 TEST_CASE("a task runs under the submitter's context and the worker is empty again afterwards") {
   const tether::context_key<std::string> user("user");
   task_manager tasks(with_workers(1));

@@ -17,8 +17,9 @@ namespace tether::inline v1::detail {
 ///
 /// `head_` also carries two flags, so that each of them changes together with the list in one atomic step:
 /// `closed` (push is refused from then on) and `sleeping` (the owner needs a signal: the push that clears it must
-/// wake the owner). A general MPMC queue (moodycamel, tried first) took 250–290 ns for a call's round trip here,
-/// against 140 ns for this list, which is as fast as a spin-polled slot.
+/// wake the owner). A general MPMC queue costs more here: with moodycamel's, which tether used first, a call's round
+/// trip took about 290 ns, against about 200 ns with this list and 140 ns for a spin-polled slot (medians of the
+/// peers in bench/affine_executor_bench; docs/benchmarks.md).
 /// **Thread safety:** push from any thread; everything else from the owner, or from any thread that stops the
 /// executor (consumers serialise on `ready_mutex_`, which only the owner takes outside of stop()).
 class affine_inbox {
@@ -86,10 +87,11 @@ public:
     return true;
   }
 
-  /// The owner leaves its loop: sets `sleeping` whatever is pending. True when jobs were pending and no push has
-  /// cleared the flag since, so the caller must give the signal itself (the flag is then clear again).
+  /// The owner leaves its loop: sets `sleeping` whatever is pending. True when jobs were pending, or the inbox is
+  /// closed (a drain() or stop() the loop has yet to finish), and no push has cleared the flag since: the caller
+  /// must then give the signal itself, since the one given for it may have been consumed already.
   bool sleep_or_signal() noexcept {
-    if (pointer(head_.fetch_or(sleeping_bit, std::memory_order_seq_cst)) == nullptr && !has_ready()) return false;
+    if ((head_.fetch_or(sleeping_bit, std::memory_order_seq_cst) & ~sleeping_bit) == 0 && !has_ready()) return false;
     return head_.fetch_and(~sleeping_bit, std::memory_order_seq_cst) & sleeping_bit;
   }
 

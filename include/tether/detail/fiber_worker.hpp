@@ -84,6 +84,9 @@ public:
   /// Takes a task and runs it to its end on the calling fiber, then more while worker.take_another() says so;
   /// false when none was queued.
   virtual bool run_one(fiber_worker& worker) noexcept = 0;
+  /// A task is queued that the calling worker does not take now (it runs other fibers first): wake an idle worker
+  /// for it, if one sleeps and none spins.
+  virtual void wake_idle_worker() noexcept = 0;
 
 protected:
   ~task_source() = default;

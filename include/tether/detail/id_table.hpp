@@ -42,7 +42,13 @@ public:
   id_table(const id_table&) = delete;
   id_table& operator=(const id_table&) = delete;
   ~id_table() {
-    for (std::size_t i = 0; i < capacity_; ++i) release(slots_[i]);
+    // The entries are cold, one cache miss each: ask for a few ahead, so that the misses overlap.
+    constexpr std::size_t ahead = 8;
+    for (std::size_t i = 0; i < capacity_; ++i) {
+      if (i + ahead < capacity_ && slots_[i + ahead].entry != 0)
+        __builtin_prefetch(reinterpret_cast<const void*>(slots_[i + ahead].entry & ~grave_bit), 1);
+      release(slots_[i]);
+    }
   }
 
   /// Starts loading the slot where `hash` would be. Safe without the lock: it reads two relaxed atomics that

@@ -60,7 +60,7 @@ public:
 
   /// Blocks until unpark() or `deadline`; true when a wake token was taken, false on the deadline.
   bool park_until(steady_clock::time_point deadline, std::chrono::nanoseconds spin = default_spin) noexcept {
-    if (take_token() || spin_for(spin)) return true;
+    if (take_token() || spin_for(spin, deadline)) return true;
     std::uint32_t expected = empty;
     // acq_rel: a failed exchange means a token arrived; acquire pairs with unpark()'s release.
     if (!state_.compare_exchange_strong(expected, parked, std::memory_order_acq_rel)) return take_token();
@@ -90,17 +90,12 @@ private:
     return state_.compare_exchange_strong(expected, empty, std::memory_order_acquire);
   }
 
-  bool spin_for(std::chrono::nanoseconds spin) noexcept {
+  bool spin_for(std::chrono::nanoseconds spin, steady_clock::time_point deadline) noexcept {
     if (spin <= spin.zero()) return false;
-    const auto until = steady_clock::now() + spin;
-    for (;;) {
-      for (int i = 0; i < 64; ++i) {
-        // relaxed: only a hint; take_token()'s acquire is what orders us after the waker.
-        if (state_.load(std::memory_order_relaxed) == notified && take_token()) return true;
-        spin_pause();
-      }
-      if (steady_clock::now() >= until) return false;
-    }
+    // relaxed: only a hint; take_token()'s acquire is what orders us after the waker. Polite: the thread that will
+    // wake us may be waiting for this core (parker's own spin serves waiters; idle loops spin on their own terms).
+    return detail::spin_for([this] { return state_.load(std::memory_order_relaxed) == notified && take_token(); },
+                            spin, deadline, true);
   }
 
   void futex_wait_until(steady_clock::time_point deadline) noexcept {

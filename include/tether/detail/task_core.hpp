@@ -69,10 +69,13 @@ public:
   // task_source
   bool has_work() const noexcept override { return queue_.queued() != 0; }
   TETHER_DECL bool run_one(fiber_worker& worker) noexcept override;
+  void wake_idle_worker() noexcept override { wake_one(); }
 
 private:
   TETHER_DECL void end_unstarted(task_record& task) noexcept;
   TETHER_DECL void run(task_record& task, fiber_worker& worker) noexcept;
+  /// Drops `task` if no worker has started it (true: it is ended, cancelled, now), else asks it to stop.
+  TETHER_DECL bool stop_or_drop(task_record& task, task_end why) noexcept;
   TETHER_DECL void wake_one() noexcept;
 
   fair_queue queue_;

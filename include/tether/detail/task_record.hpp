@@ -44,16 +44,6 @@ TETHER_DECL void scrub_fiber_stack() noexcept;
 inline void scrub_fiber_stack() noexcept {}
 #endif
 
-/// The steady clock in nanoseconds: the one clock a task reads (one read per submit, start and end).
-inline std::int64_t steady_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-/// A steady_ns() time as wall-clock time, through one offset taken once per process: a snapshot shows the same
-/// times each time it is taken, and a wall-clock step later on does not move them. 0 stays the zero time_point.
-TETHER_DECL std::chrono::system_clock::time_point wall_time(std::int64_t steady) noexcept;
-
 /// The text of an exception for task_result::error_message: its what(), or a note when it has none.
 TETHER_DECL std::string describe_exception(const std::exception_ptr& error) noexcept;
 
@@ -74,7 +64,9 @@ public:
   const unsigned weight;
   const std::uint64_t generation;  ///< grows with every submission to the manager
   const tether::context ctx;       ///< the submitter's context, installed around the task
-  const std::int64_t submitted_ns;  ///< steady-clock time of the submission
+  /// Wall-clock times are read at each event: a steady clock mapped to wall time would be wrong after a suspend
+  /// (CLOCK_MONOTONIC stops) or a clock step.
+  const std::chrono::system_clock::time_point submitted;
 
   // The fair queue's links (its mutex guards them).
   task_record* prev = nullptr;
@@ -84,8 +76,8 @@ public:
 
   std::atomic<task_status> status{task_status::queued};  ///< stored last by each transition (release)
   std::atomic<task_end> request{task_end::none};         ///< the first cancel request; later ones change nothing
-  std::atomic<bool> started{false};
-  std::atomic<std::int64_t> finished_steady_ns{0};       ///< steady-clock time of the end; 0 before
+
+  std::atomic<std::int64_t> finished_steady_ns{0};       ///< steady-clock time of the end, for retention
   event cancelled;  ///< set with the first cancel request: wakes this_task::sleep_for
   event done;       ///< set once the status is final
 
@@ -94,7 +86,14 @@ public:
   /// Fires once a cancel was requested. The stop state is made on first use: most tasks never ask for it, and
   /// making one costs an allocation (running out of memory there terminates, as in any noexcept function).
   TETHER_DECL std::stop_token stop_token() const noexcept;
-  /// queued → running, by the worker that took the task.
+  /// Decides, once, whether the task starts: the worker that took it out of the queue claims the start, a cancel
+  /// claims the drop. Only the winner goes on (the worker runs it, the cancel ends it as cancelled); so a task that
+  /// a worker has taken but not started yet is still cancelled "from the queue" and never starts.
+  bool claim_start() noexcept { return claim(start_claimed); }
+  bool claim_drop() noexcept { return claim(drop_claimed); }
+  /// True once a worker claimed the start (acquire: read after `done`, it orders nothing else).
+  bool was_started() const noexcept { return claim_.load(std::memory_order_acquire) == start_claimed; }
+  /// queued → running, by the worker that claimed the start.
   TETHER_DECL void mark_started() noexcept;
   /// The final status, once, by whoever ended the task; the caller sets `done` afterwards.
   TETHER_DECL void finish(task_status final_status, std::exception_ptr error) noexcept;
@@ -128,6 +127,13 @@ protected:
   TETHER_DECL void fill_locked(task_fields& out) const;
 
   mutable spin_lock mutex_;  // short sections, taken by the worker at every start and end
+  enum : std::uint8_t { unclaimed, start_claimed, drop_claimed };
+  bool claim(std::uint8_t to) noexcept {
+    std::uint8_t expected = unclaimed;
+    // acq_rel: the winner owns the function and the outcome; the loser only learns that it lost.
+    return claim_.compare_exchange_strong(expected, to, std::memory_order_acq_rel);
+  }
+  std::atomic<std::uint8_t> claim_{unclaimed};
   // Guarded by mutex_.
   mutable std::optional<std::stop_source> stop_;
   double progress_ = 0.0;
@@ -136,7 +142,7 @@ protected:
   std::exception_ptr error_;
   std::string error_message_;
   task_end reason_ = task_end::none;
-  std::int64_t started_ns_ = 0;  // steady-clock time of the start; 0 before
+  std::chrono::system_clock::time_point started_, finished_;
 };
 
 /// A record whose task returns R; holds the latest value.

@@ -35,6 +35,10 @@ public:
   };
 
   TETHER_DECL task_registry(std::chrono::seconds retain_for, std::size_t max_retained);
+  /// Releases every record and tombstone.
+  TETHER_DECL ~task_registry();
+  task_registry(const task_registry&) = delete;
+  task_registry& operator=(const task_registry&) = delete;
 
   TETHER_DECL found find(std::string_view id) const;
 
@@ -81,8 +85,9 @@ private:
   };
 
   static constexpr std::size_t shard_count = 64;
-  /// Evictions done per turn of the retention lock.
+  /// Evictions done per turn of the retention lock, and turns per retire().
   static constexpr std::size_t batch = 16;
+  static constexpr int max_rounds = 4;
 
   shard& shard_of(std::uint64_t hash) const noexcept { return shards_[hash >> 58]; }  // the table uses the low bits
   static_assert(shard_count == 64, "shard_of() takes the top six bits of the hash");

@@ -141,6 +141,8 @@ TETHER_DECL fiber_worker::fiber* fiber_worker::choose_next() noexcept {
   if (!ready_.empty()) {
     fiber* next = &ready_.front();
     ready_.pop_front();
+    // A submit that saw us spinning left its task to us; we run this fiber first, so hand the task on.
+    if (!exiting_ && source_.has_work()) source_.wake_idle_worker();
     return next;
   }
   if (!idle_.empty() && !exiting_ && source_.has_work()) {
@@ -217,7 +219,8 @@ TETHER_DECL void fiber_worker::idle_until(steady_clock::time_point until) noexce
 /// there is something to do. While we spin, submitters signal nobody: we watch the queue ourselves.
 TETHER_DECL bool fiber_worker::spin_until(steady_clock::time_point until) noexcept {
   if (pool_idle_.spinning.fetch_add(1, std::memory_order_seq_cst) != 0) {
-    pool_idle_.spinning.fetch_sub(1, std::memory_order_relaxed);  // relaxed: we never were the spinner
+    // seq_cst, as below: a submit may have seen our increment and left its task to the spinner.
+    pool_idle_.spinning.fetch_sub(1, std::memory_order_seq_cst);
     return false;
   }
   const bool found = spin_for([this] { return something_to_do(); }, spin_, until, false);

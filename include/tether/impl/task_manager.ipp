@@ -67,19 +67,26 @@ TETHER_DECL void task_core::submit(task_record& task, on_duplicate duplicate) {
     raise(errc::executor_stopped, "tether::task_manager::submit: task '{}' rejected: the manager was shut down",
           task.id);
   ref<task_record> previous;
-  bool unqueued = false;  // the previous task was still queued and the push took it out
   registry_.insert(task, [&](task_record* live) {
     if (live && duplicate == on_duplicate::reject)
       raise(errc::duplicate_task, "tether::task_manager::submit: task '{}' already exists and is {}", task.id,
             live->current_status());
-    unqueued = queue_.push(task, live);
+    queue_.push(task, live);  // takes a still queued `live` out in the same step, so bounds count it once
     previous.reset(live);
   });
-  if (previous) {
-    previous->request_stop(task_end::replaced);
-    if (unqueued) end_unstarted(*previous);
-  }
+  // A replaced task that no worker has started yet (queued, or taken but not started) ends here and never starts.
+  if (previous) stop_or_drop(*previous, task_end::replaced);
   wake_one();
+}
+
+TETHER_DECL bool task_core::stop_or_drop(task_record& task, task_end why) noexcept {
+  if (task.claim_drop()) {
+    task.request_stop(why);
+    end_unstarted(task);
+    return true;
+  }
+  if (!task.has_ended()) task.request_stop(why);  // a finished task keeps its record as it was
+  return false;
 }
 
 TETHER_DECL void task_core::wake_one() noexcept {
@@ -99,6 +106,8 @@ TETHER_DECL void task_core::wake_one() noexcept {
 }
 
 TETHER_DECL void task_core::end_unstarted(task_record& task) noexcept {
+  // The caller won the task's drop claim, so no worker runs it; the queue's own bookkeeping is done by whoever
+  // holds it there (the caller took it out, or the worker that took it lets it go).
   task.drop();
   task.finish(task_status::cancelled, nullptr);
   registry_.retire(task);
@@ -107,14 +116,10 @@ TETHER_DECL void task_core::end_unstarted(task_record& task) noexcept {
 
 TETHER_DECL cancel_outcome task_core::cancel(task_record& task, task_end why) {
   if (task.has_ended()) return cancel_outcome::already_finished;
-  if (queue_.remove(task)) {
-    task.request_stop(why);
-    end_unstarted(task);
-    return cancel_outcome::removed_from_queue;
-  }
-  if (task.has_ended()) return cancel_outcome::already_finished;
-  task.request_stop(why);
-  return cancel_outcome::stop_requested;
+  // Out of the queue (O(1)); one that a worker took but has not started yet is still dropped, by the claim.
+  queue_.remove(task);
+  if (stop_or_drop(task, why)) return cancel_outcome::removed_from_queue;
+  return task.has_ended() ? cancel_outcome::already_finished : cancel_outcome::stop_requested;
 }
 
 TETHER_DECL cancel_outcome task_core::cancel(std::string_view id) {
@@ -127,31 +132,34 @@ TETHER_DECL cancel_outcome task_core::cancel(std::string_view id) {
 TETHER_DECL std::size_t task_core::cancel_matching(const std::function<bool(std::string_view)>& match, task_end why) {
   std::vector<ref<task_record>> queued, running;
   queue_.take_matching(match, queued, running);
-  for (const ref<task_record>& task : queued) {
-    task->request_stop(why);
-    end_unstarted(*task);
+  std::size_t n = 0;
+  for (const ref<task_record>& task : queued) n += stop_or_drop(*task, why);
+  for (const ref<task_record>& task : running) {
+    if (task->has_ended()) continue;  // ended meanwhile (a worker lost its start to a cancel, or it just finished)
+    stop_or_drop(*task, why);
+    ++n;
   }
-  for (const ref<task_record>& task : running) task->request_stop(why);
-  return queued.size() + running.size();
+  return n;
 }
 
 TETHER_DECL bool task_core::run_one(fiber_worker& worker) noexcept {
   ref<task_record> task = queue_.pop();
   if (!task) return false;
   while (task) {
-    // A cancel that came after the pop, while the task was not yet started, still keeps it from starting.
-    if (task->cancel_requested()) {
-      task->drop();
-      task->finish(task_status::cancelled, nullptr);
-    } else {
-      run(*task, worker);
-    }
+    // More is queued than this worker takes now: pass the work on to an idle worker, as a submit would have,
+    // since the submit may have left it to us (we were spinning then).
+    if (queue_.queued() != 0) wake_one();
+    // A cancel may have claimed the task since the pop; then it has ended it, and only the queue's part is ours.
+    const bool mine = task->claim_start();
+    if (mine) run(*task, worker);
     // Going on with the next task takes the queue's lock once for both; other ready fibers go first, though.
     ref<task_record> next;
     if (worker.take_another()) next = queue_.finish_and_pop(*task);
     else queue_.finish(*task);
-    registry_.retire(*task);
-    task->done.set();  // last: whoever sees the end also sees the queue and retention bookkeeping done
+    if (mine) {
+      registry_.retire(*task);
+      task->done.set();  // last: whoever sees the end also sees the retention bookkeeping done
+    }
     task = std::move(next);
   }
   return true;
@@ -185,7 +193,7 @@ TETHER_DECL shutdown_report task_core::shutdown(shutdown_mode mode) {
   for (const ref<task_record>& task : live) task->done.wait();
   for (const ref<task_record>& task : live) {
     if (task->current_status() != task_status::cancelled) ++report_.completed;
-    else if (task->started.load(std::memory_order_relaxed)) ++report_.stopped_while_running;  // after done: ordered
+    else if (task->was_started()) ++report_.stopped_while_running;
     else ++report_.cancelled_before_start;
   }
   for (auto& worker : workers_) worker->stop();

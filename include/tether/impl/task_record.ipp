@@ -23,14 +23,6 @@ TETHER_DECL std::string describe_exception(const std::exception_ptr& error) noex
   }
 }
 
-TETHER_DECL std::chrono::system_clock::time_point wall_time(std::int64_t steady) noexcept {
-  using namespace std::chrono;
-  if (steady == 0) return {};
-  static const nanoseconds offset = duration_cast<nanoseconds>(system_clock::now().time_since_epoch()) -
-                                    nanoseconds(steady_ns());
-  return system_clock::time_point(duration_cast<system_clock::duration>(offset + nanoseconds(steady)));
-}
-
 TETHER_DECL task_record::task_record(std::string task_id, std::uint64_t id_hash, std::string task_group,
                                      unsigned task_weight, std::uint64_t task_generation, tether::context task_ctx)
     : id(std::move(task_id)),
@@ -39,7 +31,7 @@ TETHER_DECL task_record::task_record(std::string task_id, std::uint64_t id_hash,
       weight(task_weight),
       generation(task_generation),
       ctx(std::move(task_ctx)),
-      submitted_ns(steady_ns()) {}
+      submitted(std::chrono::system_clock::now()) {}
 
 TETHER_DECL bool task_record::request_stop(task_end why) noexcept {
   task_end expected = task_end::none;
@@ -69,15 +61,15 @@ TETHER_DECL std::stop_token task_record::stop_token() const noexcept {
 }
 
 TETHER_DECL void task_record::mark_started() noexcept {
-  const std::int64_t now = steady_ns();
+  const auto now = std::chrono::system_clock::now();
   std::lock_guard lock(mutex_);
-  started_ns_ = now;
-  started.store(true, std::memory_order_relaxed);  // read after `done` (acquire) or under the queue mutex
+  started_ = now;
   status.store(task_status::running, std::memory_order_release);
 }
 
 TETHER_DECL void task_record::finish(task_status final_status, std::exception_ptr error) noexcept {
-  const std::int64_t now = steady_ns();
+  const auto steady_now = std::chrono::steady_clock::now().time_since_epoch();
+  const auto now = std::chrono::system_clock::now();
   std::string text = error ? describe_exception(error) : std::string();
   std::lock_guard lock(mutex_);
   error_ = std::move(error);
@@ -86,7 +78,9 @@ TETHER_DECL void task_record::finish(task_status final_status, std::exception_pt
   if (asked != task_end::none) reason_ = asked;
   else reason_ = final_status == task_status::failed ? task_end::failed : task_end::completed;
   ++sequence_;
-  finished_steady_ns.store(now, std::memory_order_relaxed);  // partner: the release store of `status` below
+  finished_ = now;
+  finished_steady_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(steady_now).count(),
+                           std::memory_order_relaxed);  // partner: the release store of `status` below
   status.store(final_status, std::memory_order_release);
 }
 
@@ -117,9 +111,9 @@ TETHER_DECL void task_record::fill_locked(task_fields& out) const {
   out.error = error_;
   out.error_message = error_message_;
   out.reason = reason_;
-  out.submitted = wall_time(submitted_ns);
-  out.started = wall_time(started_ns_);
-  out.finished = wall_time(finished_steady_ns.load(std::memory_order_relaxed));  // partner: the mutex
+  out.submitted = submitted;
+  out.started = started_;
+  out.finished = finished_;
 }
 
 }  // namespace tether::inline v1::detail

@@ -12,6 +12,15 @@ namespace tether::inline v1::detail {
 TETHER_DECL task_registry::task_registry(std::chrono::seconds retain_for, std::size_t max_retained)
     : retain_for_(retain_for), max_retained_(max_retained), max_tombstones_(std::max<std::size_t>(max_retained, 1024)) {}
 
+TETHER_DECL task_registry::~task_registry() {
+  // A full registry holds max_retained cold records: overlap their cache misses (the tables do the same).
+  constexpr std::size_t ahead = 8;
+  for (std::size_t i = 0; i < retained_.size(); ++i) {
+    if (i + ahead < retained_.size()) __builtin_prefetch(retained_[i + ahead].get(), 1);
+    retained_[i].reset();
+  }
+}
+
 TETHER_DECL task_registry::found task_registry::find(std::string_view id) const {
   const std::uint64_t hash = std::hash<std::string_view>{}(id);
   shard& s = shard_of(hash);
@@ -38,7 +47,10 @@ TETHER_DECL void task_registry::retire(task_record& task) {
   ref<task_record> victims[batch];
   grave_ref graves[batch];
   bool first = true;
-  for (;;) {
+  // At most max_rounds batches per call, so that no task's end stalls its worker (after a quiet spell, thousands of
+  // results may expire at once). Each call adds one record and takes out up to a whole batch, so the bounds hold,
+  // and a backlog is worked off over the next calls; expired results read as expired meanwhile.
+  for (int round = 0; round < max_rounds; ++round) {
     // The task has just ended: its end time is "now" closely enough, and saves a clock read.
     const time_point now = first ? time_point(std::chrono::nanoseconds(task.finished_steady_ns.load(
                                        std::memory_order_relaxed)))  // partner: `status`, read by our caller
