@@ -43,6 +43,16 @@ std::int64_t now_ns() {
 
 // ---- the peers: each starts its owner thread in the constructor and stops it in the destructor ---------------
 
+/// A call for the peers without a reply channel of their own: posts `fn`, then spins until its answer is there.
+template <class Peer>
+int call_spinning(Peer& peer, int (*fn)()) {
+  std::atomic<int> answer{-1};
+  peer.post([&answer, fn] { answer.store(fn(), std::memory_order_release); });
+  int got;
+  while ((got = answer.load(std::memory_order_acquire)) < 0) tether::detail::spin_pause();
+  return got;
+}
+
 /// The spin floor: one slot, the owner polls it without ever sleeping, the caller polls for the answer.
 class spin_peer {
 public:
@@ -56,13 +66,7 @@ public:
     pending_ = std::move(fn);
     full_.store(true, std::memory_order_release);
   }
-  int call(int (*fn)()) {
-    std::atomic<int> answer{-1};
-    post([&answer, fn] { answer.store(fn(), std::memory_order_release); });
-    int got;
-    while ((got = answer.load(std::memory_order_acquire)) < 0) tether::detail::spin_pause();
-    return got;
-  }
+  int call(int (*fn)()) { return call_spinning(*this, fn); }
 
 private:
   void loop() {
@@ -141,13 +145,7 @@ public:
     owner_.join();
   }
   void post(std::function<void()> fn) { queue_.enqueue(std::move(fn)); }
-  int call(int (*fn)()) {
-    std::atomic<int> answer{-1};
-    post([&answer, fn] { answer.store(fn(), std::memory_order_release); });
-    int got;
-    while ((got = answer.load(std::memory_order_acquire)) < 0) tether::detail::spin_pause();
-    return got;
-  }
+  int call(int (*fn)()) { return call_spinning(*this, fn); }
 
 private:
   void loop() {

@@ -92,6 +92,8 @@ private:
   shard& shard_of(std::uint64_t hash) const noexcept { return shards_[hash >> 58]; }  // the table uses the low bits
   static_assert(shard_count == 64, "shard_of() takes the top six bits of the hash");
 
+  /// Evicts one batch of what is past the bounds and forgets one batch of old tombstones; true when more may be due.
+  TETHER_DECL bool evict_batch(time_point now);
   TETHER_DECL bool bury(task_record& task, time_point now, grave_ref& out);
   TETHER_DECL void forget(const grave_ref& g) noexcept;
 

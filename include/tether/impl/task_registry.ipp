@@ -42,47 +42,51 @@ TETHER_DECL bool task_registry::expired(const task_record& task, time_point now)
 }
 
 TETHER_DECL void task_registry::retire(task_record& task) {
-  // The retention lock only moves pointers in and out of the two queues; the table work of an eviction happens
-  // under the record's shard lock alone, so that two workers retiring at once rarely wait for each other.
-  ref<task_record> victims[batch];
-  grave_ref graves[batch];
-  bool first = true;
+  // The task has just ended: its end time is "now" closely enough, and saves a clock read. (relaxed: the caller
+  // stored the final `status` after it.)
+  time_point now(std::chrono::nanoseconds(task.finished_steady_ns.load(std::memory_order_relaxed)));
+  {
+    std::lock_guard lock(retention_lock_);
+    retained_.emplace_back(&task);
+  }
   // At most max_rounds batches per call, so that no task's end stalls its worker (after a quiet spell, thousands of
   // results may expire at once). Each call adds one record and takes out up to a whole batch, so the bounds hold,
   // and a backlog is worked off over the next calls; expired results read as expired meanwhile.
-  for (int round = 0; round < max_rounds; ++round) {
-    // The task has just ended: its end time is "now" closely enough, and saves a clock read.
-    const time_point now = first ? time_point(std::chrono::nanoseconds(task.finished_steady_ns.load(
-                                       std::memory_order_relaxed)))  // partner: `status`, read by our caller
-                                 : std::chrono::steady_clock::now();
-    std::size_t n = 0;
-    {
-      std::lock_guard lock(retention_lock_);
-      if (first) retained_.emplace_back(&task);
-      while (n < batch && !retained_.empty() &&
-             (retained_.size() > max_retained_ || expired(*retained_.front(), now))) {
-        victims[n++] = std::move(retained_.front());
-        retained_.pop_front();
-      }
+  for (int round = 0; round < max_rounds && evict_batch(now); ++round) now = std::chrono::steady_clock::now();
+}
+
+TETHER_DECL bool task_registry::evict_batch(time_point now) {
+  // The retention lock only moves pointers in and out of the two queues; the table work of an eviction happens
+  // under the record's shard lock alone, so that two workers retiring at once rarely wait for each other.
+  ref<task_record> victims[batch];
+  std::size_t due = 0;
+  {
+    std::lock_guard lock(retention_lock_);
+    for (; due < batch && !retained_.empty() && (retained_.size() > max_retained_ || expired(*retained_.front(), now));
+         ++due) {
+      victims[due] = std::move(retained_.front());
+      retained_.pop_front();
     }
-    first = false;
-    std::size_t buried = 0;
-    for (std::size_t i = 0; i < n; ++i)
-      if (bury(*victims[i], now, graves[buried])) ++buried;
-    for (std::size_t i = 0; i < n; ++i) victims[i].reset();
-    std::size_t stale = 0;
-    {
-      std::lock_guard lock(retention_lock_);
-      for (std::size_t i = 0; i < buried; ++i) graves_.push_back(graves[i]);
-      while (stale < batch && !graves_.empty() &&
-             (graves_.size() > max_tombstones_ || now - graves_.front().at >= retain_for_)) {
-        graves[stale++] = graves_.front();
-        graves_.pop_front();
-      }
-    }
-    for (std::size_t i = 0; i < stale; ++i) forget(graves[i]);
-    if (n < batch && stale < batch) return;  // nothing more is due
   }
+  grave_ref graves[batch];
+  std::size_t buried = 0;
+  for (std::size_t i = 0; i < due; ++i) {
+    if (bury(*victims[i], now, graves[buried])) ++buried;
+    victims[i].reset();  // outside every lock: it may be the last reference
+  }
+  std::size_t stale = 0;
+  {
+    std::lock_guard lock(retention_lock_);
+    for (std::size_t i = 0; i < buried; ++i) graves_.push_back(graves[i]);
+    for (; stale < batch && !graves_.empty() &&
+           (graves_.size() > max_tombstones_ || now - graves_.front().at >= retain_for_);
+         ++stale) {
+      graves[stale] = graves_.front();
+      graves_.pop_front();
+    }
+  }
+  for (std::size_t i = 0; i < stale; ++i) forget(graves[i]);
+  return due == batch || stale == batch;  // more may be due
 }
 
 TETHER_DECL bool task_registry::bury(task_record& task, time_point now, grave_ref& out) {
