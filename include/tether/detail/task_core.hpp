@@ -74,8 +74,9 @@ public:
 private:
   TETHER_DECL void end_unstarted(task_record& task) noexcept;
   TETHER_DECL void run(task_record& task, fiber_worker& worker) noexcept;
-  /// Drops `task` if no worker has started it (true: it is ended, cancelled, now), else asks it to stop.
-  TETHER_DECL bool stop_or_drop(task_record& task, task_end why) noexcept;
+  /// Drops `task` if no worker has started it (it is then ended, cancelled, and never runs), else asks it to stop
+  /// unless it has ended; says which.
+  TETHER_DECL cancel_outcome stop_or_drop(task_record& task, task_end why) noexcept;
   TETHER_DECL void wake_one() noexcept;
 
   fair_queue queue_;

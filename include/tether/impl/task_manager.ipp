@@ -79,14 +79,16 @@ TETHER_DECL void task_core::submit(task_record& task, on_duplicate duplicate) {
   wake_one();
 }
 
-TETHER_DECL bool task_core::stop_or_drop(task_record& task, task_end why) noexcept {
+TETHER_DECL cancel_outcome task_core::stop_or_drop(task_record& task, task_end why) noexcept {
   if (task.claim_drop()) {
     task.request_stop(why);
     end_unstarted(task);
-    return true;
+    return cancel_outcome::removed_from_queue;
   }
-  if (!task.has_ended()) task.request_stop(why);  // a finished task keeps its record as it was
-  return false;
+  // Decided before the request: a stopped task may end at once, and would then read as finished already.
+  if (task.has_ended()) return cancel_outcome::already_finished;  // a finished task keeps its record as it was
+  task.request_stop(why);
+  return cancel_outcome::stop_requested;
 }
 
 TETHER_DECL void task_core::wake_one() noexcept {
@@ -118,8 +120,7 @@ TETHER_DECL cancel_outcome task_core::cancel(task_record& task, task_end why) {
   if (task.has_ended()) return cancel_outcome::already_finished;
   // Out of the queue (O(1)); one that a worker took but has not started yet is still dropped, by the claim.
   queue_.remove(task);
-  if (stop_or_drop(task, why)) return cancel_outcome::removed_from_queue;
-  return task.has_ended() ? cancel_outcome::already_finished : cancel_outcome::stop_requested;
+  return stop_or_drop(task, why);
 }
 
 TETHER_DECL cancel_outcome task_core::cancel(std::string_view id) {
@@ -133,12 +134,8 @@ TETHER_DECL std::size_t task_core::cancel_matching(const std::function<bool(std:
   std::vector<ref<task_record>> queued, running;
   queue_.take_matching(match, queued, running);
   std::size_t n = 0;
-  for (const ref<task_record>& task : queued) n += stop_or_drop(*task, why);
-  for (const ref<task_record>& task : running) {
-    if (task->has_ended()) continue;  // ended meanwhile (a worker lost its start to a cancel, or it just finished)
-    stop_or_drop(*task, why);
-    ++n;
-  }
+  for (const auto* list : {&queued, &running})
+    for (const ref<task_record>& task : *list) n += stop_or_drop(*task, why) != cancel_outcome::already_finished;
   return n;
 }
 
