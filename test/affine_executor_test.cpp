@@ -28,7 +28,7 @@ namespace {
 using namespace std::chrono_literals;
 
 /// Scales a stress size down under the sanitizers.
-constexpr int scaled(int n) { return TETHER_SANITIZED ? (n / 8 > 0 ? n / 8 : 1) : n; }
+constexpr int scaled(int n) { return TETHER_SANITIZED ? (n / 2 > 0 ? n / 2 : 1) : n; }
 
 /// A thread that owns `ex` by running its loop until the executor stops.
 class owner_thread {

@@ -35,7 +35,7 @@ constexpr bool asan_build = false;
 #endif
 
 /// Scales a stress size down under the sanitizers.
-constexpr int scaled(int n, int divisor = 20) { return TETHER_SANITIZED ? (n / divisor > 0 ? n / divisor : 1) : n; }
+constexpr int scaled(int n, int divisor = 5) { return TETHER_SANITIZED ? (n / divisor > 0 ? n / divisor : 1) : n; }
 
 task_manager::options with_workers(unsigned n) {
   task_manager::options o;
@@ -560,7 +560,7 @@ TEST_CASE("a task submitted while the awake worker is taken starts on an idle wo
   for (unsigned workers : {2u, 4u}) {
     CAPTURE(workers);
     task_manager tasks(with_workers(workers));
-    for (int round = 0; round < scaled(200, 10); ++round) {
+    for (int round = 0; round < scaled(200, 2); ++round) {
       thread_gate gate;
       tasks.submit("holder", gate.blocker());
       auto quick = tasks.submit("quick", [] {});
@@ -647,7 +647,7 @@ TEST_CASE("tasks interleaving on one worker each see their own context at every 
 TEST_CASE("sleep_for suspends only the fiber: 10,000 sleeping tasks on 2 workers are all asleep at once"
           * doctest::timeout(60)) {
   task_manager tasks(with_workers(2));
-  const int n = scaled(10'000, 10);
+  const int n = scaled(10'000, 4);
   std::atomic<int> asleep{0}, most{0};
   std::vector<tether::task_handle<void>> handles;
   handles.reserve(n);
@@ -830,7 +830,7 @@ TEST_CASE("the public enums have fmt formatters") {
 
 TEST_CASE("stress: a million tasks from 4 producers with random cancels and replaces all end exactly once"
           * doctest::timeout(120)) {
-  const int per_producer = scaled(250'000, 50);
+  const int per_producer = scaled(250'000, 12);
   const int producers = 4;
   const int n = per_producer * producers;
   for (unsigned workers : {2u, 4u}) {
