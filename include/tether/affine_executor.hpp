@@ -201,8 +201,7 @@ private:
   detail::parker parker_;
   mutable std::atomic<int> fd_{-1};
   int depth_ = 0;  // owner thread only: nesting of run*/poll (a function may run a nested loop)
-  std::chrono::nanoseconds idle_spin_ = max_idle_spin;  // owner thread only: see idle_wait()
-  static constexpr std::chrono::nanoseconds min_idle_spin{1'000}, max_idle_spin{detail::parker::default_spin};
+  detail::adaptive_spin idle_spin_;  // owner thread only
   mutable std::mutex handler_mutex_;
   std::function<void(std::exception_ptr)> handler_;
 };

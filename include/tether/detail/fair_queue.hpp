@@ -78,9 +78,9 @@ public:
   TETHER_DECL ~fair_queue();
 
   /// Queues `task`. When `replaced` is still queued, takes it out in the same step (so it does not count against
-  /// the bounds) and returns true. Throws executor_stopped after close() and queue_full when a bound is reached;
+  /// the bounds). Throws executor_stopped after close() and queue_full when a bound is reached;
   /// then nothing changed.
-  TETHER_DECL bool push(task_record& task, task_record* replaced);
+  TETHER_DECL void push(task_record& task, task_record* replaced);
 
   /// The next task by weighted round-robin, now counted as running; nullptr when nothing is queued.
   TETHER_DECL ref<task_record> pop();

@@ -218,8 +218,7 @@ private:
   std::size_t runners_ = 0;       // runner fibers alive
   std::size_t free_runners_ = 0;  // runners not running a task: idle, or started and not yet in one
   bool exiting_ = false;
-  std::chrono::nanoseconds spin_ = max_spin;  // how long this worker spins when it is the spinner; adapts
-  static constexpr std::chrono::nanoseconds min_spin{1'000}, max_spin{parker::default_spin};
+  adaptive_spin spin_;  // how long this worker spins when it is the spinner
   stack_pool stacks_;
 };
 

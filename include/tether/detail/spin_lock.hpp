@@ -7,10 +7,6 @@
 #include <atomic>
 #include <cstdint>
 
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 namespace tether::inline v1::detail {
 
 /// A Lockable for sections of a few dozen instructions that several threads enter all the time (the task queue,
@@ -38,8 +34,7 @@ public:
 
   void unlock() noexcept {
     // release: the section's writes are visible to the next holder.
-    if (state_.exchange(unlocked, std::memory_order_release) == contended)
-      syscall(SYS_futex, &state_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+    if (state_.exchange(unlocked, std::memory_order_release) == contended) futex_wake_one(state_);
   }
 
 private:
@@ -53,8 +48,7 @@ private:
     }
     // Mark the lock contended, so that its holder wakes us; we may then take it contended for nobody, which
     // costs one needless wake at most.
-    while (state_.exchange(contended, std::memory_order_acquire) != unlocked)
-      syscall(SYS_futex, &state_, FUTEX_WAIT_PRIVATE, contended, nullptr, nullptr, 0);
+    while (state_.exchange(contended, std::memory_order_acquire) != unlocked) futex_wait(state_, contended);
   }
 
   std::atomic<std::uint32_t> state_{unlocked};

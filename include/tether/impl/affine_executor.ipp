@@ -262,19 +262,15 @@ TETHER_DECL bool affine_executor::idle_wait(detail::steady_clock::time_point dea
   using detail::steady_clock;
   // Spin first: a function posted within the window is taken with no syscall on either side. pending() is a
   // hint; take_one() orders us after the producer. Work, or a close.
-  if (detail::spin_for([this] { return inbox_.pending(); }, idle_spin_, deadline, false)) return true;
+  if (detail::spin_for([this] { return inbox_.pending(); }, idle_spin_.window(), deadline, false)) return true;
   const auto parked_at = steady_clock::now();
   if (parked_at >= deadline) return false;
   clear_fd();
   if (!inbox_.try_sleep()) return true;
   const bool woken = parker_.park_until(deadline, std::chrono::nanoseconds::zero());
   inbox_.wake_up();
-  // The window adapts to how work arrives. Spinning costs more than CPU time: the scheduler (EEVDF) charges it to
-  // the owner, which then, woken on a core that another thread keeps busy, waits for that thread's whole slice
-  // (measured: milliseconds at the 99th percentile with a fixed 20 µs window, when work came every 300 µs). So
-  // when work came soon after the owner gave up, spin the whole window next time; when it came late, halve it.
   const auto now = steady_clock::now();
-  idle_spin_ = woken && now - parked_at < max_idle_spin ? max_idle_spin : std::max(min_idle_spin, idle_spin_ / 2);
+  idle_spin_.parked(woken, now - parked_at);
   return woken || now < deadline;
 }
 

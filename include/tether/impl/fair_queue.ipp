@@ -17,7 +17,7 @@ TETHER_DECL fair_queue::~fair_queue() {
   }
 }
 
-TETHER_DECL bool fair_queue::push(task_record& task, task_record* replaced) {
+TETHER_DECL void fair_queue::push(task_record& task, task_record* replaced) {
   bool take_replaced = false;
   {
     std::lock_guard lock(mutex_);
@@ -42,7 +42,6 @@ TETHER_DECL bool fair_queue::push(task_record& task, task_record* replaced) {
     queued_.store(total_, std::memory_order_seq_cst);
   }
   if (take_replaced) intrusive_ptr_release(replaced);  // the queue's reference; the caller holds another
-  return take_replaced;
 }
 
 TETHER_DECL void fair_queue::check_bounds(const task_record& task, const queue_group* g,

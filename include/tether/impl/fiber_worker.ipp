@@ -211,8 +211,7 @@ TETHER_DECL void fiber_worker::idle_until(steady_clock::time_point until) noexce
   pool_idle_.sleeping.fetch_sub(1, std::memory_order_seq_cst);
   // relaxed: a claim that raced with our wake-up leaves a token, which only shortens the next park.
   sleeping_.store(false, std::memory_order_relaxed);
-  // As for affine_executor: spin the whole window next time when work came soon after we gave up, else half.
-  if (woken) spin_ = steady_clock::now() - parked_at < max_spin ? max_spin : std::max(min_spin, spin_ / 2);
+  if (woken) spin_.parked(true, steady_clock::now() - parked_at);  // a timer's deadline says nothing of the queue
 }
 
 /// Spins until there is something to do or `until`, if no other worker of the manager is spinning; true when
@@ -223,7 +222,7 @@ TETHER_DECL bool fiber_worker::spin_until(steady_clock::time_point until) noexce
     pool_idle_.spinning.fetch_sub(1, std::memory_order_seq_cst);
     return false;
   }
-  const bool found = spin_for([this] { return something_to_do(); }, spin_, until, false);
+  const bool found = spin_for([this] { return something_to_do(); }, spin_.window(), until, false);
   // seq_cst, paired with wake_one(): a submit that saw us spinning left its task to us, so look once more after
   // giving the role up. Either we see its task, or it sees that nobody spins and wakes a sleeper.
   pool_idle_.spinning.fetch_sub(1, std::memory_order_seq_cst);
