@@ -175,23 +175,24 @@ double percentile(std::vector<double>& samples, double p) {
 
 // ---- throughput ---------------------------------------------------------------------------------------------------
 
-/// Posts `count` no-op tasks and waits until every one ran; items_per_second is the throughput.
+/// Posts `count` no-op tasks to a pool made once per benchmark (as an application keeps one) and waits until every
+/// one ran; items_per_second is the throughput. tether's ids keep growing, so from the second iteration on it runs
+/// at its retention bound: each task that ends evicts an older result. Making and destroying the pools is not
+/// timed here; teardown/ measures it.
 template <class Pool>
 void throughput(benchmark::State& state, const std::string& name) {
   const auto count = static_cast<int>(state.range(0));
+  Pool pool;
   double seconds = 0;
   for (auto _ : state) {
     std::atomic<int> left{count};
     std::promise<void> all;
     const auto t0 = clock_type::now();
-    {
-      Pool pool;
-      for (int i = 0; i < count; ++i)
-        pool.post([&] {
-          if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) all.set_value();
-        });
-      all.get_future().wait();
-    }
+    for (int i = 0; i < count; ++i)
+      pool.post([&] {
+        if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) all.set_value();
+      });
+    all.get_future().wait();
     seconds += std::chrono::duration<double>(clock_type::now() - t0).count();
   }
   state.SetItemsProcessed(state.iterations() * count);
@@ -199,6 +200,24 @@ void throughput(benchmark::State& state, const std::string& name) {
   state.counters["tasks_per_s"] = rate;
   if (name == "asio_thread_pool") baseline()["asio"] = rate;
   else if (baseline().count("asio")) state.counters["vs_asio"] = rate / baseline()["asio"];
+}
+
+/// Makes a pool, runs `count` no-op tasks on it and destroys it: what a short-lived pool costs per task, including
+/// for tether freeing its retained results (100,000 of them at the default bound).
+template <class Pool>
+void teardown(benchmark::State& state) {
+  const auto count = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    std::atomic<int> left{count};
+    std::promise<void> all;
+    Pool pool;
+    for (int i = 0; i < count; ++i)
+      pool.post([&] {
+        if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) all.set_value();
+      });
+    all.get_future().wait();
+  }
+  state.SetItemsProcessed(state.iterations() * count);
 }
 
 // ---- latency ------------------------------------------------------------------------------------------------------
@@ -268,6 +287,14 @@ void register_throughput(const char* name, int count) {
 }
 
 template <class Pool>
+void register_teardown(const char* name, int count) {
+  benchmark::RegisterBenchmark((std::string("teardown/") + name).c_str(), teardown<Pool>)
+      ->Arg(count)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+}
+
+template <class Pool>
 void register_latency(const char* name) {
   for (bool idle : {true, false})
     benchmark::RegisterBenchmark((std::string("latency/") + (idle ? "idle/" : "busy/") + name).c_str(),
@@ -283,6 +310,8 @@ const bool registered = [] {
   register_throughput<tbb_pool>("tbb_task_group", tasks_per_iteration);
   register_throughput<async_pool>("std_async", 2'000);
   register_throughput<tether_pool>("tether_keyed", tasks_per_iteration);
+  register_teardown<asio_pool>("asio_thread_pool", tasks_per_iteration);
+  register_teardown<tether_pool>("tether_keyed", tasks_per_iteration);
   register_latency<condvar_pool>("condvar");
   register_latency<moodycamel_pool>("moodycamel");
   register_latency<asio_pool>("asio_thread_pool");

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -436,6 +437,81 @@ TEST_CASE("tombstones: evicted ids read expired for a while, then unknown; a reu
   for (int i = 0; i < graves; ++i) tasks.submit("u" + std::to_string(i), [] {}).get();  // forgets the old grave
   CHECK(tasks.info(again).known == tether::task_known::expired);  // evicted itself by now, so a new grave
   CHECK(tasks.info("u" + std::to_string(graves - 1)).known == tether::task_known::live);
+}
+
+TEST_CASE("past 4,096 retained results, eviction takes eight at a time and never passes max_retained") {
+  task_manager::options o = with_workers(1);
+  o.max_retained = 5'000;
+  task_manager tasks(o);
+  const int n = 5'100, step = 8;
+  for (int i = 0; i < n; ++i) tasks.submit("t" + std::to_string(i), [] {}).get();
+  const std::size_t kept = tasks.list().size();
+  CHECK(kept <= o.max_retained);
+  CHECK(kept > o.max_retained - step);
+  int live = 0;
+  for (int i = n - static_cast<int>(kept); i < n; ++i) live += tasks.info("t" + std::to_string(i)).known == tether::task_known::live;
+  CHECK(live == static_cast<int>(kept));  // the newest ones
+  CHECK(tasks.info("t" + std::to_string(n - static_cast<int>(kept) - 1)).known == tether::task_known::expired);
+  CHECK(tasks.info("t0").known == tether::task_known::expired);
+}
+
+TEST_CASE("a freed record's memory serves the next record of its size class" * doctest::skip(TETHER_ASAN)) {
+  using tether::detail::block_cache;
+  void* first = block_cache::allocate(300);
+  block_cache::deallocate(first, 300);
+  void* second = block_cache::allocate(290);  // 257 to 320 bytes: the same class
+  CHECK(second == first);
+  void* other = block_cache::allocate(200);  // another class: other memory
+  CHECK(other != second);
+  block_cache::deallocate(other, 200);
+  block_cache::deallocate(second, 290);
+  void* big = block_cache::allocate(4096);  // too big to keep: plain operator new and delete
+  CHECK(big != nullptr);
+  block_cache::deallocate(big, 4096);
+}
+
+TEST_CASE("stress: blocks freed on other threads are handed out again once at a time" * doctest::timeout(120)) {
+  // Four threads allocate blocks of every class, stamp them, and free blocks that other threads allocated. A block
+  // handed out twice, or changed while it was free, shows as a stamp that is not its owner's.
+  using tether::detail::block_cache;
+  struct block {
+    void* at;
+    std::size_t size;
+    std::uint64_t stamp;
+  };
+  std::mutex m;
+  std::vector<block> live;  // guarded by m
+  std::atomic<int> broken{0};
+  const int rounds = scaled(200'000);
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(t);
+      for (int i = 0; i < rounds; ++i) {
+        const std::size_t size = 8 + rng() % 1100;  // classes of 64 bytes up to 1 KiB, and some bigger
+        block b{block_cache::allocate(size), size, rng()};
+        std::memcpy(b.at, &b.stamp, sizeof b.stamp);
+        std::optional<block> victim;
+        {
+          std::lock_guard lock(m);
+          live.push_back(b);
+          if (live.size() > 64) {
+            const std::size_t k = rng() % live.size();
+            victim = live[k];
+            live[k] = live.back();
+            live.pop_back();
+          }
+        }
+        if (!victim) continue;
+        std::uint64_t seen = 0;
+        std::memcpy(&seen, victim->at, sizeof seen);
+        if (seen != victim->stamp) ++broken;
+        block_cache::deallocate(victim->at, victim->size);
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (const block& b : live) block_cache::deallocate(b.at, b.size);
+  CHECK(broken.load() == 0);
 }
 
 TEST_CASE("list shows a group's tasks, or all of them") {

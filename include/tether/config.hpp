@@ -32,3 +32,14 @@
 #ifndef TETHER_SANITIZED
 #  define TETHER_SANITIZED 0
 #endif
+// AddressSanitizer alone: memory that tether recycles itself would hide a use after free from it.
+#if defined(__SANITIZE_ADDRESS__)
+#  define TETHER_ASAN 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define TETHER_ASAN 1
+#  endif
+#endif
+#ifndef TETHER_ASAN
+#  define TETHER_ASAN 0
+#endif

@@ -2,6 +2,7 @@
 // The task registry's hash table: ids to records or tombstones, in one flat array probed linearly.
 #pragma once
 
+#include <tether/detail/block_cache.hpp>
 #include <tether/detail/task_record.hpp>
 
 #include <atomic>
@@ -18,14 +19,17 @@ namespace tether::inline v1::detail {
 /// What an evicted record leaves under its id for a while, so that the id reads as expired, not unknown.
 struct tombstone {
   std::string id;
-  std::chrono::steady_clock::time_point at;  ///< when it was evicted
-  std::uint64_t seq;                         ///< tells it from a later tombstone of the same id
+  coarse_clock::time_point at;  ///< when it was evicted
+  // Made and freed by workers, many per second: see block_cache.
+  static void* operator new(std::size_t size) { return block_cache::allocate(size); }
+  static void operator delete(void* p, std::size_t size) noexcept { block_cache::deallocate(p, size); }
 };
 
 /// Open addressing with linear probing over slots of {hash, entry}: a lookup reads one or two cache lines of the
 /// array and compares ids only on a full 64-bit hash match. (A node-based std::unordered_map took a cache miss
 /// per node, and its lookups were the largest cost of a task.) An entry is a task_record* or a tombstone*, told
-/// apart by the low bit. The table owns one reference to each record and owns each tombstone.
+/// apart by the low bit. The table owns one reference to each record; tombstones belong to the registry, which
+/// takes each one out of the table before it frees it.
 /// **Thread safety:** none; the registry's shard lock guards it.
 class id_table {
 public:
@@ -45,8 +49,7 @@ public:
     // The entries are cold, one cache miss each: ask for a few ahead, so that the misses overlap.
     constexpr std::size_t ahead = 8;
     for (std::size_t i = 0; i < capacity_; ++i) {
-      if (i + ahead < capacity_ && slots_[i + ahead].entry != 0)
-        __builtin_prefetch(reinterpret_cast<const void*>(slots_[i + ahead].entry & ~grave_bit), 1);
+      if (i + ahead < capacity_) __builtin_prefetch(slots_[i + ahead].record(), 1);
       release(slots_[i]);
     }
   }
@@ -100,9 +103,9 @@ public:
   }
 
   /// Puts `grave` in place of the record `s` holds, releasing the record.
-  void bury(slot& s, std::unique_ptr<tombstone> grave) noexcept {
+  void bury(slot& s, const tombstone& grave) noexcept {
     release(s);
-    s.entry = reinterpret_cast<std::uintptr_t>(grave.release()) | grave_bit;
+    s.entry = reinterpret_cast<std::uintptr_t>(&grave) | grave_bit;
   }
 
   /// Empties `s`, releasing what it held, and moves later entries of its probe run back into the gap.
@@ -153,8 +156,7 @@ private:
   }
 
   static void release(slot& s) noexcept {
-    if (task_record* r = s.record()) intrusive_ptr_release(r);
-    else delete s.grave();  // nullptr for an empty slot
+    if (task_record* r = s.record()) intrusive_ptr_release(r);  // a tombstone is the registry's to free
     s.entry = 0;
   }
 

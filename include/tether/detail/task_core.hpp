@@ -56,7 +56,7 @@ public:
   void prefetch(std::uint64_t hash) const noexcept { registry_.prefetch(hash); }
   /// A finished task past retain_for: it reads as expired.
   bool expired(const task_record& task) const noexcept {
-    return task.has_ended() && registry_.expired(task, std::chrono::steady_clock::now());
+    return task.has_ended() && registry_.expired(task, coarse_clock::now());
   }
   std::vector<ref<task_record>> collect(const std::function<bool(const task_record&)>& keep) const {
     return registry_.collect(keep);

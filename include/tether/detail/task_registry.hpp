@@ -3,6 +3,7 @@
 #pragma once
 
 #include <tether/config.hpp>
+#include <tether/detail/coarse_clock.hpp>
 #include <tether/detail/id_table.hpp>
 #include <tether/detail/ref_counted.hpp>
 #include <tether/detail/spin_lock.hpp>
@@ -23,12 +24,14 @@ namespace tether::inline v1::detail {
 /// Records by id. A finished record stays for `retain_for` and among the newest `max_retained` finished ones; then
 /// it is evicted and leaves a tombstone, so that its id reads as expired rather than unknown, for another
 /// `retain_for` (at most max(max_retained, 1024) tombstones are kept). A finished record past `retain_for` reads
-/// as expired even before it is evicted: eviction happens when another task finishes.
+/// as expired even before it is evicted: eviction happens when another task finishes. Past 4,096 retained results,
+/// eviction goes 8 at a time (so up to 7 fewer than max_retained may be kept): the evicted records, their table
+/// slots and tombstones are cold, and a batch lets their cache misses overlap.
 /// **Thread safety:** every member from any thread. Locks: a shard, then the fair queue (inside insert's admit);
 /// the retention lock is never held together with another.
 class task_registry {
 public:
-  using time_point = std::chrono::steady_clock::time_point;
+  using time_point = coarse_clock::time_point;
   struct found {
     ref<task_record> record;  ///< null unless known == live
     task_known known = task_known::unknown;
@@ -72,37 +75,56 @@ public:
   TETHER_DECL std::size_t size() const;
 
 private:
-  struct shard {
+  /// A retained record with what eviction needs to know without touching it.
+  struct kept {
+    ref<task_record> record;
+    std::uint64_t hash;
+    time_point ended;
+  };
+  /// A cache line each: a submitter and a worker evicting from a neighbouring shard must not share one.
+  struct alignas(64) shard {
     mutable spin_lock lock;
     id_table table;
   };
-  /// A tombstone in eviction order; `grave` is only compared, never read, until found in its shard again.
+  /// A tombstone in eviction order, which owns it; `grave` is only compared, never read, until found in its
+  /// shard again (the registry frees a tombstone only after taking it out of its table).
   struct grave_ref {
     std::uint64_t hash;
-    const tombstone* grave;
-    std::uint64_t seq;
+    tombstone* grave;
     time_point at;
   };
 
   static constexpr std::size_t shard_count = 64;
-  /// Evictions done per turn of the retention lock, and turns per retire().
+  /// Evictions done per turn of the retention lock at most, and turns per retire().
   static constexpr std::size_t batch = 16;
   static constexpr int max_rounds = 4;
+  /// How many records a full registry evicts at once: 1 (exact) up to 4,096 retained results, else 8.
+  static std::size_t step_for(std::size_t max_retained) noexcept { return max_retained < 4096 ? 1 : 8; }
 
   shard& shard_of(std::uint64_t hash) const noexcept { return shards_[hash >> 58]; }  // the table uses the low bits
   static_assert(shard_count == 64, "shard_of() takes the top six bits of the hash");
 
-  /// Evicts one batch of what is past the bounds and forgets one batch of old tombstones; true when more may be due.
-  TETHER_DECL bool evict_batch(time_point now);
-  TETHER_DECL bool bury(task_record& task, time_point now, grave_ref& out);
+  /// Keeps `incoming` (when given), evicts one batch of what is past the bounds and forgets one batch of old
+  /// tombstones; true when more may be due.
+  TETHER_DECL bool evict_batch(kept* incoming, time_point now);
+  /// What one evict_batch() takes out of the two queues.
+  struct eviction {
+    kept victims[batch];
+    grave_ref stale[batch];
+    std::size_t due = 0, old = 0;
+  };
+  /// Under the retention lock: keeps `incoming`, then takes what is due out of both queues.
+  TETHER_DECL void take_due(eviction& e, kept* incoming, time_point now);
+  TETHER_DECL bool bury(task_record& task, std::uint64_t hash, time_point now, grave_ref& out);
   TETHER_DECL void forget(const grave_ref& g) noexcept;
 
   const std::chrono::steady_clock::duration retain_for_;
   const std::size_t max_retained_;
   const std::size_t max_tombstones_;
+  const std::size_t step_;
   mutable std::array<shard, shard_count> shards_;
   spin_lock retention_lock_;
-  std::deque<ref<task_record>> retained_;  // finish order; guarded by retention_lock_
+  std::deque<kept> retained_;              // finish order; guarded by retention_lock_
   std::deque<grave_ref> graves_;           // eviction order; guarded by retention_lock_
 };
 

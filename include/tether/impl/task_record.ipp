@@ -68,7 +68,7 @@ TETHER_DECL void task_record::mark_started() noexcept {
 }
 
 TETHER_DECL void task_record::finish(task_status final_status, std::exception_ptr error) noexcept {
-  const auto steady_now = std::chrono::steady_clock::now().time_since_epoch();
+  const auto coarse_now = coarse_clock::now().time_since_epoch();
   const auto now = std::chrono::system_clock::now();
   std::string text = error ? describe_exception(error) : std::string();
   std::lock_guard lock(mutex_);
@@ -79,8 +79,8 @@ TETHER_DECL void task_record::finish(task_status final_status, std::exception_pt
   else reason_ = final_status == task_status::failed ? task_end::failed : task_end::completed;
   ++sequence_;
   finished_ = now;
-  finished_steady_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(steady_now).count(),
-                           std::memory_order_relaxed);  // partner: the release store of `status` below
+  // relaxed: its partner is the release store of `status` below.
+  finished_coarse_ns.store(coarse_now.count(), std::memory_order_relaxed);
   status.store(final_status, std::memory_order_release);
 }
 

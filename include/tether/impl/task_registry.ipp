@@ -10,15 +10,20 @@
 namespace tether::inline v1::detail {
 
 TETHER_DECL task_registry::task_registry(std::chrono::seconds retain_for, std::size_t max_retained)
-    : retain_for_(retain_for), max_retained_(max_retained), max_tombstones_(std::max<std::size_t>(max_retained, 1024)) {}
+    : retain_for_(retain_for),
+      max_retained_(max_retained),
+      max_tombstones_(std::max<std::size_t>(max_retained, 1024)),
+      step_(step_for(max_retained)) {}
 
 TETHER_DECL task_registry::~task_registry() {
   // A full registry holds max_retained cold records: overlap their cache misses (the tables do the same).
   constexpr std::size_t ahead = 8;
   for (std::size_t i = 0; i < retained_.size(); ++i) {
-    if (i + ahead < retained_.size()) __builtin_prefetch(retained_[i + ahead].get(), 1);
-    retained_[i].reset();
+    if (i + ahead < retained_.size()) __builtin_prefetch(retained_[i + ahead].record.get(), 1);
+    retained_[i].record.reset();
   }
+  // The tables still point at the tombstones, but their destructors do not read them.
+  for (const grave_ref& g : graves_) delete g.grave;
 }
 
 TETHER_DECL task_registry::found task_registry::find(std::string_view id) const {
@@ -28,73 +33,83 @@ TETHER_DECL task_registry::found task_registry::find(std::string_view id) const 
   const id_table::slot* slot = s.table.find(id, hash);
   if (!slot) return {};
   if (task_record* r = slot->record()) {
-    if (r->has_ended() && expired(*r, std::chrono::steady_clock::now())) return {nullptr, task_known::expired};
+    if (r->has_ended() && expired(*r, coarse_clock::now())) return {nullptr, task_known::expired};
     return {ref<task_record>(r), task_known::live};
   }
-  if (std::chrono::steady_clock::now() - slot->grave()->at < retain_for_) return {nullptr, task_known::expired};
+  if (coarse_clock::now() - slot->grave()->at < retain_for_) return {nullptr, task_known::expired};
   return {};
 }
 
 TETHER_DECL bool task_registry::expired(const task_record& task, time_point now) const noexcept {
-  // relaxed: read after an acquire load of `status` saw the final status, which was stored after this field.
-  const auto ended = time_point(std::chrono::nanoseconds(task.finished_steady_ns.load(std::memory_order_relaxed)));
-  return now - ended >= retain_for_;
+  return now - task.ended_at() >= retain_for_;
 }
 
 TETHER_DECL void task_registry::retire(task_record& task) {
-  // The task has just ended: its end time is "now" closely enough, and saves a clock read. (relaxed: the caller
-  // stored the final `status` after it.)
-  time_point now(std::chrono::nanoseconds(task.finished_steady_ns.load(std::memory_order_relaxed)));
-  {
-    std::lock_guard lock(retention_lock_);
-    retained_.emplace_back(&task);
-  }
+  // The task has just ended: its end time is "now" closely enough, and saves a clock read.
+  time_point now = task.ended_at();
+  kept incoming{ref<task_record>(&task), task.hash, now};
   // At most max_rounds batches per call, so that no task's end stalls its worker (after a quiet spell, thousands of
   // results may expire at once). Each call adds one record and takes out up to a whole batch, so the bounds hold,
   // and a backlog is worked off over the next calls; expired results read as expired meanwhile.
-  for (int round = 0; round < max_rounds && evict_batch(now); ++round) now = std::chrono::steady_clock::now();
+  bool more = evict_batch(&incoming, now);
+  for (int round = 1; round < max_rounds && more; ++round) more = evict_batch(nullptr, now = coarse_clock::now());
 }
 
-TETHER_DECL bool task_registry::evict_batch(time_point now) {
-  // The retention lock only moves pointers in and out of the two queues; the table work of an eviction happens
-  // under the record's shard lock alone, so that two workers retiring at once rarely wait for each other.
-  ref<task_record> victims[batch];
-  std::size_t due = 0;
-  {
-    std::lock_guard lock(retention_lock_);
-    for (; due < batch && !retained_.empty() && (retained_.size() > max_retained_ || expired(*retained_.front(), now));
-         ++due) {
-      victims[due] = std::move(retained_.front());
-      retained_.pop_front();
-    }
+TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
+  // The retention lock only moves entries in and out of the two queues (take_due); the table work of an eviction
+  // happens under the record's shard lock alone, so that two workers retiring at once rarely wait for each other.
+  eviction e;
+  take_due(e, incoming, now);
+  if (e.due == 0 && e.old == 0) return false;
+  // Every entry touched below is cold: ask for all of them first, so that the misses overlap.
+  for (std::size_t i = 0; i < e.due; ++i) {
+    __builtin_prefetch(e.victims[i].record.get(), 1);
+    prefetch(e.victims[i].hash);
+  }
+  for (std::size_t i = 0; i < e.old; ++i) {
+    __builtin_prefetch(e.stale[i].grave);
+    prefetch(e.stale[i].hash);
   }
   grave_ref graves[batch];
   std::size_t buried = 0;
-  for (std::size_t i = 0; i < due; ++i) {
-    if (bury(*victims[i], now, graves[buried])) ++buried;
-    victims[i].reset();  // outside every lock: it may be the last reference
+  for (std::size_t i = 0; i < e.due; ++i) {
+    if (bury(*e.victims[i].record, e.victims[i].hash, now, graves[buried])) ++buried;
+    e.victims[i].record.reset();  // outside every lock: it may be the last reference
   }
-  std::size_t stale = 0;
-  {
+  for (std::size_t i = 0; i < e.old; ++i) forget(e.stale[i]);
+  if (buried != 0) {
     std::lock_guard lock(retention_lock_);
     for (std::size_t i = 0; i < buried; ++i) graves_.push_back(graves[i]);
-    for (; stale < batch && !graves_.empty() &&
-           (graves_.size() > max_tombstones_ || now - graves_.front().at >= retain_for_);
-         ++stale) {
-      graves[stale] = graves_.front();
-      graves_.pop_front();
-    }
   }
-  for (std::size_t i = 0; i < stale; ++i) forget(graves[i]);
-  return due == batch || stale == batch;  // more may be due
+  return e.due == batch || e.old == batch;  // more may be due
 }
 
-TETHER_DECL bool task_registry::bury(task_record& task, time_point now, grave_ref& out) {
-  shard& s = shard_of(task.hash);
+TETHER_DECL void task_registry::take_due(eviction& e, kept* incoming, time_point now) {
+  std::lock_guard lock(retention_lock_);
+  if (incoming) retained_.push_back(std::move(*incoming));
+  // Over the bound, a whole step goes at once (the size never passes max_retained).
+  const std::size_t over = retained_.size() > max_retained_ ? retained_.size() - max_retained_ + step_ - 1 : 0;
+  for (; e.due < batch && !retained_.empty() && (e.due < over || now - retained_.front().ended >= retain_for_);
+       ++e.due) {
+    e.victims[e.due] = std::move(retained_.front());
+    retained_.pop_front();
+  }
+  // Room for the tombstones that this batch adds.
+  const std::size_t graves = graves_.size() + e.due;
+  const std::size_t over_graves = graves > max_tombstones_ ? graves - max_tombstones_ + step_ - 1 : 0;
+  for (; e.old < batch && !graves_.empty() && (e.old < over_graves || now - graves_.front().at >= retain_for_);
+       ++e.old) {
+    e.stale[e.old] = graves_.front();
+    graves_.pop_front();
+  }
+}
+
+TETHER_DECL bool task_registry::bury(task_record& task, std::uint64_t hash, time_point now, grave_ref& out) {
+  shard& s = shard_of(hash);
   // Made before taking the lock; dropped unused when a newer submission owns the id now.
   std::unique_ptr<tombstone> grave;
   try {
-    grave.reset(new tombstone{task.id, now, 0});
+    grave.reset(new tombstone{task.id, now});
   } catch (...) {
     // No memory for a tombstone: the record still goes, and its id reads as unknown instead of expired.
   }
@@ -105,21 +120,20 @@ TETHER_DECL bool task_registry::bury(task_record& task, time_point now, grave_re
     s.table.erase(*slot);
     return false;
   }
-  // The sequence number only needs to differ between the tombstones one id has over time: the record's own
-  // generation does (it grows with every submission), and it is known here without another lock.
-  grave->seq = task.generation;
-  out = {task.hash, grave.get(), grave->seq, now};
-  s.table.bury(*slot, std::move(grave));
+  s.table.bury(*slot, *grave);
+  out = {hash, grave.release(), now};  // graves_ owns it from here
   return true;
 }
 
 TETHER_DECL void task_registry::forget(const grave_ref& g) noexcept {
-  shard& s = shard_of(g.hash);
-  std::lock_guard lock(s.lock);
-  // The tombstone is gone already when its id was submitted again; an equal address is then a newer tombstone,
-  // which the sequence number tells apart.
-  id_table::slot* slot = s.table.find(g.hash, g.grave);
-  if (slot && slot->grave()->seq == g.seq) s.table.erase(*slot);
+  {
+    shard& s = shard_of(g.hash);
+    std::lock_guard lock(s.lock);
+    // Gone from the table already when its id was submitted again. Its address cannot belong to another
+    // tombstone meanwhile: it is freed only here.
+    if (id_table::slot* slot = s.table.find(g.hash, g.grave)) s.table.erase(*slot);
+  }
+  delete g.grave;
 }
 
 TETHER_DECL std::vector<ref<task_record>> task_registry::collect(
