@@ -5,6 +5,7 @@
 #include <tether/task_manager.hpp>
 
 #include <doctest/doctest.h>
+#include "error_of.hpp"
 
 #include <atomic>
 #include <barrier>
@@ -52,17 +53,7 @@ private:
   std::thread thread_;
 };
 
-/// The code of a tether::error thrown by `fn`, or nothing when it returns or throws something else.
-template <class Fn>
-std::optional<tether::errc> error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const tether::error& e) {
-    return e.value();
-  } catch (...) {
-  }
-  return std::nullopt;
-}
+using tether_test::error_of;
 
 bool readable(int fd, int timeout_ms) {
   pollfd p{fd, POLLIN, 0};

@@ -3,6 +3,7 @@
 #include <tether/tether.hpp>
 
 #include <doctest/doctest.h>
+#include "error_of.hpp"
 
 #include <poll.h>
 
@@ -28,16 +29,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// The code of the tether::error that fn throws (on a plain thread, never inside a task fiber).
-template <class Fn>
-std::optional<tether::errc> error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const tether::error& e) {
-    return static_cast<tether::errc>(e.code().value());
-  }
-  return std::nullopt;
-}
+using tether_test::error_of;
 
 template <class Fn>
 bool throws_cancelled(Fn&& fn) {

@@ -3,6 +3,7 @@
 #include <tether/task_manager.hpp>
 
 #include <doctest/doctest.h>
+#include "error_of.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -44,17 +45,7 @@ task_manager::options with_workers(unsigned n) {
   return o;
 }
 
-/// The code of a tether::error thrown by `fn`, or nothing when it returns or throws something else.
-template <class Fn>
-std::optional<tether::errc> error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const tether::error& e) {
-    return static_cast<tether::errc>(e.code().value());
-  } catch (...) {
-  }
-  return std::nullopt;
-}
+using tether_test::error_of;
 
 /// Holds a worker thread (not just its fiber) until opened: tasks queued behind it stay queued. The state is
 /// shared with the task, which may still be returning from its wait when the test ends.
