@@ -32,14 +32,17 @@
 #ifndef TETHER_SANITIZED
 #  define TETHER_SANITIZED 0
 #endif
-// AddressSanitizer alone: memory that tether recycles itself would hide a use after free from it.
-#if defined(__SANITIZE_ADDRESS__)
-#  define TETHER_ASAN 1
-#elif defined(__has_feature)
-#  if __has_feature(address_sanitizer)
-#    define TETHER_ASAN 1
+// 1: freed task records and tombstones are kept for reuse (detail/block_cache.hpp). AddressSanitizer builds default
+// to 0, since recycled memory hides a use after free from it; define it to 0 for valgrind or other checkers too.
+#ifndef TETHER_RECYCLE_MEMORY
+#  if defined(__SANITIZE_ADDRESS__)
+#    define TETHER_RECYCLE_MEMORY 0
+#  elif defined(__has_feature)
+#    if __has_feature(address_sanitizer)
+#      define TETHER_RECYCLE_MEMORY 0
+#    endif
 #  endif
 #endif
-#ifndef TETHER_ASAN
-#  define TETHER_ASAN 0
+#ifndef TETHER_RECYCLE_MEMORY
+#  define TETHER_RECYCLE_MEMORY 1
 #endif

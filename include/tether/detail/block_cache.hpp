@@ -14,15 +14,18 @@ namespace tether::inline v1::detail {
 
 /// A record is allocated by the submitting thread and freed by a worker. glibc sends such a free back to the
 /// allocating thread's arena, under that arena's lock, which the submitter holds for its next malloc: in the
-/// throughput benchmark a quarter of the tasks paid a futex system call there. Freed blocks wait here instead, per
+/// throughput benchmark about every second task paid a futex system call there. Freed blocks wait here instead, per
 /// size class of 64 bytes, up to 256 KiB per class, for the next record of their class; beyond that, and for
 /// blocks over 1 KiB, memory goes back to operator delete. One process-wide cache, never destroyed, so a record
-/// may outlive its manager. AddressSanitizer builds skip it, so that a use after free is still caught.
+/// may outlive its manager. With TETHER_RECYCLE_MEMORY 0 (the default under AddressSanitizer) nothing is kept, but
+/// sizes are rounded the same way, so code built either way may free what the other allocated.
+/// Only for types of the default new alignment: over-aligned ones go to the aligned operator new.
 /// **Thread safety:** every function from any thread.
 class block_cache {
 public:
   static void* allocate(std::size_t size) {
-    if (TETHER_ASAN || size > largest) return ::operator new(size);
+    if (size > largest) return ::operator new(size);
+    if (!TETHER_RECYCLE_MEMORY) return ::operator new(rounded(size));
     shelf& s = shelf_for(size);
     {
       std::lock_guard lock(s.lock);
@@ -36,7 +39,8 @@ public:
   }
 
   static void deallocate(void* p, std::size_t size) noexcept {
-    if (TETHER_ASAN || size > largest) return ::operator delete(p, size);
+    if (size > largest) return ::operator delete(p, size);
+    if (!TETHER_RECYCLE_MEMORY) return ::operator delete(p, rounded(size));
     shelf& s = shelf_for(size);
     {
       std::lock_guard lock(s.lock);

@@ -17,6 +17,7 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -60,9 +61,14 @@ public:
   TETHER_DECL task_record(std::string id, std::uint64_t hash, std::string group, unsigned weight,
                           std::uint64_t generation, tether::context ctx);
 
-  // Made by submitters and freed by workers: see block_cache. (The virtual destructor passes the full size.)
+  // Made by submitters and freed by workers: see block_cache. (The virtual destructor passes the full size.) A task
+  // whose function or result is over-aligned gets the aligned forms, which the cache does not serve.
   static void* operator new(std::size_t size) { return block_cache::allocate(size); }
   static void operator delete(void* p, std::size_t size) noexcept { block_cache::deallocate(p, size); }
+  static void* operator new(std::size_t size, std::align_val_t align) { return ::operator new(size, align); }
+  static void operator delete(void* p, std::size_t size, std::align_val_t align) noexcept {
+    ::operator delete(p, size, align);
+  }
 
   const std::string id;
   const std::uint64_t hash;  ///< of the id: the registry's and the fair queue's lookups reuse it

@@ -73,6 +73,11 @@ public:
 
   /// Records in the map: queued, running and retained ones.
   TETHER_DECL std::size_t size() const;
+  /// Tombstones kept: at most max(max_retained, 1024) whenever no retire() is between its two steps.
+  std::size_t tombstones() const {
+    std::lock_guard lock(retention_lock_);
+    return graves_.size();
+  }
 
 private:
   /// A retained record with what eviction needs to know without touching it.
@@ -113,8 +118,11 @@ private:
     grave_ref stale[batch];
     std::size_t due = 0, old = 0;
   };
-  /// Under the retention lock: keeps `incoming`, then takes what is due out of both queues.
-  TETHER_DECL void take_due(eviction& e, kept* incoming, time_point now);
+  /// Under the retention lock: keeps `incoming` and takes the records due for eviction; true when a tombstone is
+  /// past retain_for.
+  TETHER_DECL bool take_victims(eviction& e, kept* incoming, time_point now);
+  /// Under the retention lock: adds the `n` new tombstones, then takes those past the bounds.
+  TETHER_DECL void take_stale(eviction& e, const grave_ref* fresh, std::size_t n, time_point now);
   TETHER_DECL bool bury(task_record& task, std::uint64_t hash, time_point now, grave_ref& out);
   TETHER_DECL void forget(const grave_ref& g) noexcept;
 
@@ -123,7 +131,7 @@ private:
   const std::size_t max_tombstones_;
   const std::size_t step_;
   mutable std::array<shard, shard_count> shards_;
-  spin_lock retention_lock_;
+  mutable spin_lock retention_lock_;
   std::deque<kept> retained_;              // finish order; guarded by retention_lock_
   std::deque<grave_ref> graves_;           // eviction order; guarded by retention_lock_
 };

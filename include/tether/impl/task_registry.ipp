@@ -56,19 +56,15 @@ TETHER_DECL void task_registry::retire(task_record& task) {
 }
 
 TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
-  // The retention lock only moves entries in and out of the two queues (take_due); the table work of an eviction
-  // happens under the record's shard lock alone, so that two workers retiring at once rarely wait for each other.
+  // The retention lock only moves entries in and out of the two queues; the table work of an eviction happens
+  // under the record's shard lock alone, so that two workers retiring at once rarely wait for each other.
   eviction e;
-  take_due(e, incoming, now);
-  if (e.due == 0 && e.old == 0) return false;
+  const bool graves_due = take_victims(e, incoming, now);
+  if (e.due == 0 && !graves_due) return false;
   // Every entry touched below is cold: ask for all of them first, so that the misses overlap.
   for (std::size_t i = 0; i < e.due; ++i) {
     __builtin_prefetch(e.victims[i].record.get(), 1);
     prefetch(e.victims[i].hash);
-  }
-  for (std::size_t i = 0; i < e.old; ++i) {
-    __builtin_prefetch(e.stale[i].grave);
-    prefetch(e.stale[i].hash);
   }
   grave_ref graves[batch];
   std::size_t buried = 0;
@@ -76,15 +72,16 @@ TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
     if (bury(*e.victims[i].record, e.victims[i].hash, now, graves[buried])) ++buried;
     e.victims[i].record.reset();  // outside every lock: it may be the last reference
   }
-  for (std::size_t i = 0; i < e.old; ++i) forget(e.stale[i]);
-  if (buried != 0) {
-    std::lock_guard lock(retention_lock_);
-    for (std::size_t i = 0; i < buried; ++i) graves_.push_back(graves[i]);
+  take_stale(e, graves, buried, now);
+  for (std::size_t i = 0; i < e.old; ++i) {
+    __builtin_prefetch(e.stale[i].grave);
+    prefetch(e.stale[i].hash);
   }
+  for (std::size_t i = 0; i < e.old; ++i) forget(e.stale[i]);
   return e.due == batch || e.old == batch;  // more may be due
 }
 
-TETHER_DECL void task_registry::take_due(eviction& e, kept* incoming, time_point now) {
+TETHER_DECL bool task_registry::take_victims(eviction& e, kept* incoming, time_point now) {
   std::lock_guard lock(retention_lock_);
   if (incoming) retained_.push_back(std::move(*incoming));
   // Over the bound, a whole step goes at once (the size never passes max_retained).
@@ -94,11 +91,15 @@ TETHER_DECL void task_registry::take_due(eviction& e, kept* incoming, time_point
     e.victims[e.due] = std::move(retained_.front());
     retained_.pop_front();
   }
-  // Room for the tombstones that this batch adds.
-  const std::size_t graves = graves_.size() + e.due;
-  const std::size_t over_graves = graves > max_tombstones_ ? graves - max_tombstones_ + step_ - 1 : 0;
-  for (; e.old < batch && !graves_.empty() && (e.old < over_graves || now - graves_.front().at >= retain_for_);
-       ++e.old) {
+  return !graves_.empty() && now - graves_.front().at >= retain_for_;
+}
+
+TETHER_DECL void task_registry::take_stale(eviction& e, const grave_ref* fresh, std::size_t n, time_point now) {
+  std::lock_guard lock(retention_lock_);
+  // In the same turn as the push, so that the bound holds whatever other workers bury meanwhile.
+  for (std::size_t i = 0; i < n; ++i) graves_.push_back(fresh[i]);
+  const std::size_t over = graves_.size() > max_tombstones_ ? graves_.size() - max_tombstones_ + step_ - 1 : 0;
+  for (; e.old < batch && !graves_.empty() && (e.old < over || now - graves_.front().at >= retain_for_); ++e.old) {
     e.stale[e.old] = graves_.front();
     graves_.pop_front();
   }
