@@ -19,6 +19,9 @@
 #include <thread>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -510,6 +513,35 @@ TEST_CASE("a freed record's memory serves the next record of its size class" * d
   void* big = block_cache::allocate(4096);  // too big to keep: plain operator new and delete
   CHECK(big != nullptr);
   block_cache::deallocate(big, 4096);
+}
+
+TEST_CASE("after fork(), the child makes records even if another thread held a record cache lock then" *
+          doctest::skip(TETHER_SANITIZED || !TETHER_RECYCLE_MEMORY) * doctest::timeout(120)) {
+  // Two threads keep the cache busy, so that a fork often comes while one of them holds a lock. Each child then
+  // uses the cache; one that hangs on a lock nobody will release is ended by its alarm after 10 s.
+  using tether::detail::block_cache;
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> busy;
+  for (int t = 0; t < 2; ++t)
+    busy.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) block_cache::deallocate(block_cache::allocate(300), 300);
+    });
+  int stuck = 0;
+  for (int i = 0; i < 40; ++i) {
+    const pid_t child = fork();
+    if (child == 0) {
+      alarm(10);
+      for (int k = 0; k < 1000; ++k) block_cache::deallocate(block_cache::allocate(300), 300);
+      _exit(0);
+    }
+    REQUIRE(child > 0);
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    stuck += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  stop.store(true, std::memory_order_relaxed);
+  for (auto& t : busy) t.join();
+  CHECK(stuck == 0);
 }
 
 TEST_CASE("stress: blocks freed on other threads are handed out again once at a time" * doctest::timeout(120)) {

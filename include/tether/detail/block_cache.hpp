@@ -10,6 +10,8 @@
 #include <mutex>
 #include <new>
 
+#include <pthread.h>
+
 namespace tether::inline v1::detail {
 
 /// A record is allocated by the submitting thread and freed by a worker. glibc sends such a free back to the
@@ -65,11 +67,21 @@ private:
   };
 
   static std::size_t rounded(std::size_t size) noexcept { return (size + granule - 1) / granule * granule; }
-  static shelf& shelf_for(std::size_t size) noexcept {
-    // Never destroyed: records freed during static destruction still find it.
-    static std::array<shelf, largest / granule>& shelves = *new std::array<shelf, largest / granule>();
-    return shelves[(size - 1) / granule];
+  static shelf& shelf_for(std::size_t size) noexcept { return shelves_[(size - 1) / granule]; }
+
+  // Made at compile time (defined below the class), so there is no first-use guard that a fork() could catch half
+  // taken, and never destroyed (nothing to destroy), so records freed during static destruction still find it.
+  static std::array<shelf, largest / granule> shelves_;
+
+  // The child of a fork() has only the forking thread: a lock that another thread held at that moment would stay
+  // taken for ever, so the child starts with every lock open. (A section cut short by the fork leaves its list
+  // usable: at worst one block is lost or a count is one off.)
+  static void open_after_fork() noexcept {
+    for (shelf& each : shelves_) ::new (&each.lock) spin_lock();
   }
+  static inline const bool fork_handler_ = (pthread_atfork(nullptr, nullptr, &open_after_fork), true);
 };
+
+inline constinit std::array<block_cache::shelf, block_cache::largest / block_cache::granule> block_cache::shelves_{};
 
 }  // namespace tether::inline v1::detail
