@@ -175,6 +175,18 @@ double percentile(std::vector<double>& samples, double p) {
 
 // ---- throughput ---------------------------------------------------------------------------------------------------
 
+/// Posts `count` no-op tasks to `pool` and returns once every one has run.
+template <class Pool>
+void run_batch(Pool& pool, int count) {
+  std::atomic<int> left{count};
+  std::promise<void> all;
+  for (int i = 0; i < count; ++i)
+    pool.post([&] {
+      if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) all.set_value();
+    });
+  all.get_future().wait();
+}
+
 /// Posts `count` no-op tasks to a pool made once per benchmark (as an application keeps one) and waits until every
 /// one ran; items_per_second is the throughput. tether's ids keep growing, so from the second iteration on it runs
 /// at its retention bound: each task that ends evicts an older result. Making and destroying the pools is not
@@ -185,14 +197,8 @@ void throughput(benchmark::State& state, const std::string& name) {
   Pool pool;
   double seconds = 0;
   for (auto _ : state) {
-    std::atomic<int> left{count};
-    std::promise<void> all;
     const auto t0 = clock_type::now();
-    for (int i = 0; i < count; ++i)
-      pool.post([&] {
-        if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) all.set_value();
-      });
-    all.get_future().wait();
+    run_batch(pool, count);
     seconds += std::chrono::duration<double>(clock_type::now() - t0).count();
   }
   state.SetItemsProcessed(state.iterations() * count);
@@ -208,14 +214,8 @@ template <class Pool>
 void teardown(benchmark::State& state) {
   const auto count = static_cast<int>(state.range(0));
   for (auto _ : state) {
-    std::atomic<int> left{count};
-    std::promise<void> all;
     Pool pool;
-    for (int i = 0; i < count; ++i)
-      pool.post([&] {
-        if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) all.set_value();
-      });
-    all.get_future().wait();
+    run_batch(pool, count);
   }
   state.SetItemsProcessed(state.iterations() * count);
 }

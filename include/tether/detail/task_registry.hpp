@@ -105,6 +105,11 @@ private:
   static constexpr int max_rounds = 4;
   /// How many records a full registry evicts at once: 1 (exact) up to 4,096 retained results, else 8.
   static std::size_t step_for(std::size_t max_retained) noexcept { return max_retained < 4096 ? 1 : 8; }
+  /// How many entries to take out of a queue of `size` kept to `bound`: past the bound, a whole step goes at
+  /// once, so the size never passes the bound.
+  std::size_t over_bound(std::size_t size, std::size_t bound) const noexcept {
+    return size > bound ? size - bound + step_ - 1 : 0;
+  }
 
   shard& shard_of(std::uint64_t hash) const noexcept { return shards_[hash >> 58]; }  // the table uses the low bits
   static_assert(shard_count == 64, "shard_of() takes the top six bits of the hash");
@@ -123,7 +128,7 @@ private:
   TETHER_DECL bool take_victims(eviction& e, kept* incoming, time_point now);
   /// Under the retention lock: adds the `n` new tombstones, then takes those past the bounds.
   TETHER_DECL void take_stale(eviction& e, const grave_ref* fresh, std::size_t n, time_point now);
-  TETHER_DECL bool bury(task_record& task, std::uint64_t hash, time_point now, grave_ref& out);
+  TETHER_DECL bool bury(task_record& task, time_point now, grave_ref& out);
   TETHER_DECL void forget(const grave_ref& g) noexcept;
 
   const std::chrono::steady_clock::duration retain_for_;

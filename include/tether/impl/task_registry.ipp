@@ -69,7 +69,7 @@ TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
   grave_ref graves[batch];
   std::size_t buried = 0;
   for (std::size_t i = 0; i < e.due; ++i) {
-    if (bury(*e.victims[i].record, e.victims[i].hash, now, graves[buried])) ++buried;
+    if (bury(*e.victims[i].record, now, graves[buried])) ++buried;
     e.victims[i].record.reset();  // outside every lock: it may be the last reference
   }
   take_stale(e, graves, buried, now);
@@ -84,8 +84,7 @@ TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
 TETHER_DECL bool task_registry::take_victims(eviction& e, kept* incoming, time_point now) {
   std::lock_guard lock(retention_lock_);
   if (incoming) retained_.push_back(std::move(*incoming));
-  // Over the bound, a whole step goes at once (the size never passes max_retained).
-  const std::size_t over = retained_.size() > max_retained_ ? retained_.size() - max_retained_ + step_ - 1 : 0;
+  const std::size_t over = over_bound(retained_.size(), max_retained_);
   for (; e.due < batch && !retained_.empty() && (e.due < over || now - retained_.front().ended >= retain_for_);
        ++e.due) {
     e.victims[e.due] = std::move(retained_.front());
@@ -98,15 +97,15 @@ TETHER_DECL void task_registry::take_stale(eviction& e, const grave_ref* fresh, 
   std::lock_guard lock(retention_lock_);
   // In the same turn as the push, so that the bound holds whatever other workers bury meanwhile.
   for (std::size_t i = 0; i < n; ++i) graves_.push_back(fresh[i]);
-  const std::size_t over = graves_.size() > max_tombstones_ ? graves_.size() - max_tombstones_ + step_ - 1 : 0;
+  const std::size_t over = over_bound(graves_.size(), max_tombstones_);
   for (; e.old < batch && !graves_.empty() && (e.old < over || now - graves_.front().at >= retain_for_); ++e.old) {
     e.stale[e.old] = graves_.front();
     graves_.pop_front();
   }
 }
 
-TETHER_DECL bool task_registry::bury(task_record& task, std::uint64_t hash, time_point now, grave_ref& out) {
-  shard& s = shard_of(hash);
+TETHER_DECL bool task_registry::bury(task_record& task, time_point now, grave_ref& out) {
+  shard& s = shard_of(task.hash);
   // Made before taking the lock; dropped unused when a newer submission owns the id now.
   std::unique_ptr<tombstone> grave;
   try {
@@ -122,7 +121,7 @@ TETHER_DECL bool task_registry::bury(task_record& task, std::uint64_t hash, time
     return false;
   }
   s.table.bury(*slot, *grave);
-  out = {hash, grave.release(), now};  // graves_ owns it from here
+  out = {task.hash, grave.release(), now};  // graves_ owns it from here
   return true;
 }
 
