@@ -2,6 +2,8 @@
 // tether::task_manager: ids, statuses, results, cancellation, replacement, fairness, bounds, fibers and shutdown.
 #include <tether/task_manager.hpp>
 
+#include <boost/fiber/fiber.hpp>
+#include <boost/fiber/operations.hpp>
 #include <doctest/doctest.h>
 #include "error_of.hpp"
 
@@ -724,6 +726,40 @@ TEST_CASE("a task submitted while the awake worker is taken starts on an idle wo
       }
       tasks.wait("holder", 10s);
     }
+  }
+}
+
+TEST_CASE("stress: while one worker is held, a thousand tasks in a row all run on the other" * doctest::timeout(120)) {
+  // The held worker is awake, so the other one sleeps as the standby and submits do not wake it: it must find
+  // each task on its own, however the submit and its sleep interleave.
+  task_manager tasks(with_workers(2));
+  thread_gate gate;
+  tasks.submit("holder", gate.blocker());
+  gate.wait_started();
+  int ran = 0;
+  for (int i = 0; i < scaled(1000); ++i) {
+    if (tasks.submit("quick-" + std::to_string(i), [] {}).wait_for(10s) != task_status::succeeded) break;
+    ++ran;
+  }
+  gate.open();
+  CHECK(ran == scaled(1000));
+  CHECK(tasks.wait("holder", 10s) == task_status::succeeded);
+}
+
+TEST_CASE("a fiber that a task starts itself wakes from Boost's own sleep after the task ended") {
+  // An idle worker sleeps without Boost's dispatcher only while no such fiber lives on it: the dispatcher is what
+  // serves Boost's timers. One worker, and nothing submitted after, so that no other wake-up comes.
+  for (auto policy : {boost::fibers::launch::post, boost::fibers::launch::dispatch}) {
+    task_manager tasks(with_workers(1));
+    auto woke = std::make_shared<std::promise<void>>();
+    auto woken = woke->get_future();
+    tasks.submit("starter", [woke, policy] {
+      boost::fibers::fiber(policy, [woke] {
+        boost::this_fiber::sleep_for(5ms);
+        woke->set_value();
+      }).detach();
+    }).get();
+    CHECK(woken.wait_for(10s) == std::future_status::ready);
   }
 }
 

@@ -68,11 +68,23 @@ struct pooled_stack {
 };
 
 /// What the workers of one manager tell submitters about themselves. At most one idle worker spins, watching the
-/// queue: while one does, a submit needs to signal nobody. Otherwise a submit wakes a sleeping worker.
+/// queue: while one does, a submit needs to signal nobody. At most one sleeping worker stands by while another is
+/// awake: it sleeps for standby_poll at a time and then looks at the queue. While it does, a submit needs to signal
+/// nobody either: the awake worker looks at the queue when its task ends, and if that task is long, the standby
+/// takes the new one within standby_poll. Otherwise a submit wakes a sleeping worker.
+///
+/// The standby is what lets a busy pool run without wake-ups: a futex wake costs the waker about 10 µs here, and
+/// waking a second worker for every task that the first one would take a microsecond later made a pool of two
+/// workers slower than a pool of one.
 /// **Thread safety:** atomics; see fiber_worker::idle_until() and task_core::wake_one() for the protocol.
 struct idle_workers {
+  /// How long a task may wait behind another worker's long task while the standby sleeps.
+  static constexpr std::chrono::microseconds standby_poll{1'000};
+  explicit idle_workers(unsigned worker_count) noexcept : workers(worker_count) {}
   alignas(64) std::atomic<unsigned> spinning{0};  ///< 0 or 1, but for a moment while two race for the role
   std::atomic<unsigned> sleeping{0};              ///< workers that announced a sleep and can be claimed
+  std::atomic<unsigned> standby{0};               ///< 0 or 1: a sleeper that looks at the queue every standby_poll
+  const unsigned workers;
 };
 
 /// Where a worker gets its tasks: the task manager.
@@ -192,6 +204,11 @@ private:
   TETHER_DECL fiber* choose_next() noexcept;
   TETHER_DECL void switch_context(fiber* from, fiber* to) noexcept;
   TETHER_DECL void idle_until(steady_clock::time_point until) noexcept;
+  TETHER_DECL bool park_in_runner() noexcept;
+  /// A fiber that a task made (Boost's worker fibers that are not runners).
+  static bool is_foreign(fiber* f, const fiber_props& props) noexcept {
+    return f->is_context(boost::fibers::type::worker_context) && !props.runner;
+  }
   TETHER_DECL bool spin_until(steady_clock::time_point until) noexcept;
   TETHER_DECL bool something_to_do() const noexcept;
   void make_ready(fiber* f) noexcept { f->ready_link(ready_); }
@@ -218,6 +235,9 @@ private:
   std::size_t runners_ = 0;       // runner fibers alive
   std::size_t free_runners_ = 0;  // runners not running a task: idle, or started and not yet in one
   bool exiting_ = false;
+  bool stood_by_ = false;        // the last park was a standby's that ran out
+  bool spawning_ = false;        // inside spawn_runner(): the fiber Boost schedules now is a runner
+  bool foreign_fibers_ = false;  // a fiber not ours ran here once: the runners always sleep through the dispatcher
   adaptive_spin spin_;  // how long this worker spins when it is the spinner
   stack_pool stacks_;
 };

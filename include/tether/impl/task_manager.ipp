@@ -41,7 +41,7 @@ TETHER_DECL void refuse_self_wait(const task_record& task, std::string_view api)
 // ---- task_core -----------------------------------------------------------------------------------------------
 
 TETHER_DECL task_core::task_core(const task_core_settings& settings)
-    : queue_(settings.limits), registry_(settings.retain_for, settings.max_retained) {
+    : queue_(settings.limits), registry_(settings.retain_for, settings.max_retained), idle_(settings.workers) {
   workers_.reserve(settings.workers);
   for (unsigned i = 0; i < settings.workers; ++i)
     workers_.push_back(std::make_unique<fiber_worker>(*this, idle_, settings.stack_size));
@@ -92,10 +92,13 @@ TETHER_DECL cancel_outcome task_core::stop_or_drop(task_record& task, task_end w
 }
 
 TETHER_DECL void task_core::wake_one() noexcept {
-  // seq_cst, after the push: pairs with a worker giving up the spinner role, and with one announcing its sleep,
-  // before each one's last look at the queue. A spinning worker finds the task by itself.
+  // seq_cst, after the push: pairs with a worker giving up the spinner or standby role, and with one announcing
+  // its sleep, before each one's last look at the queue. A spinning worker finds the task by itself; so does an
+  // awake one, or the standby within standby_poll (see idle_workers).
   if (idle_.spinning.load(std::memory_order_seq_cst) != 0) return;
-  if (idle_.sleeping.load(std::memory_order_seq_cst) == 0) return;
+  const unsigned sleeping = idle_.sleeping.load(std::memory_order_seq_cst);
+  if (sleeping == 0) return;
+  if (sleeping < idle_.workers && idle_.standby.load(std::memory_order_seq_cst) != 0) return;
   const std::size_t n = workers_.size();
   const std::size_t first = next_wake_.fetch_add(1, std::memory_order_relaxed) % n;  // only spreads the wakes
   for (std::size_t i = 0; i < n; ++i) {
