@@ -517,6 +517,20 @@ TEST_CASE("a freed record's memory serves the next record of its size class" * d
   block_cache::deallocate(big, 4096);
 }
 
+TEST_CASE("the blocks a thread keeps go to the shared shelf when it ends" * doctest::skip(!TETHER_RECYCLE_MEMORY)) {
+  // A thread keeps freed blocks in its own lists, and passes them on 32 at a time; the rest it still holds when it
+  // ends must not be lost. 1,000 bytes: a class that nothing else in this test binary uses.
+  using tether::detail::block_cache;
+  void* freed = nullptr;
+  std::thread([&] {
+    freed = block_cache::allocate(1000);
+    block_cache::deallocate(freed, 1000);
+  }).join();
+  void* again = block_cache::allocate(990);
+  CHECK(again == freed);
+  block_cache::deallocate(again, 990);
+}
+
 TEST_CASE("after fork(), the child makes records even if another thread held a record cache lock then" *
           doctest::skip(TETHER_SANITIZED || !TETHER_RECYCLE_MEMORY) * doctest::timeout(120)) {
   // Two threads keep the cache busy, so that a fork often comes while one of them holds a lock. Each child then
