@@ -93,6 +93,11 @@ TEST_CASE("a submitted task runs and its handle returns the value") {
   CHECK(result->value == 42);
   CHECK(result->started >= result->submitted);
   CHECK(result->finished >= result->started);
+  // Never reported, never failed: the defaults (the record makes room for these only when a task uses them).
+  CHECK(result->progress == 0.0);
+  CHECK(result->message.empty());
+  CHECK(result->error_message.empty());
+  CHECK(!result->error);
   CHECK(tasks.get_result<void>("void")->status == task_status::succeeded);
 }
 

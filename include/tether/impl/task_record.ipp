@@ -39,7 +39,7 @@ TETHER_DECL bool task_record::request_stop(task_end why) noexcept {
   std::optional<std::stop_source> source;
   {
     std::lock_guard lock(mutex_);
-    source = stop_;
+    if (extras_) source = extras_->stop;
   }
   // Outside the lock: request_stop() runs the task's stop callbacks, which may report progress.
   if (source) source->request_stop();
@@ -51,8 +51,9 @@ TETHER_DECL std::stop_token task_record::stop_token() const noexcept {
   std::stop_source source;
   {
     std::lock_guard lock(mutex_);
-    if (!stop_) stop_.emplace();
-    source = *stop_;
+    std::optional<std::stop_source>& stop = more().stop;
+    if (!stop) stop.emplace();
+    source = *stop;
   }
   // A request that came before the state existed found nothing to stop: stand in for it. (Its lock section came
   // first, so the request is visible here.)
@@ -70,10 +71,16 @@ TETHER_DECL void task_record::mark_started() noexcept {
 TETHER_DECL void task_record::finish(task_status final_status, std::exception_ptr error) noexcept {
   const auto coarse_now = coarse_clock::now().time_since_epoch();
   const auto now = std::chrono::system_clock::now();
-  std::string text = error ? describe_exception(error) : std::string();
+  std::string text;
+  std::unique_ptr<extras> made;  // made before the lock, for the error's text; without memory, the text is lost
+  if (error) {
+    text = describe_exception(error);
+    made.reset(new (std::nothrow) extras);
+  }
   std::lock_guard lock(mutex_);
   error_ = std::move(error);
-  error_message_ = std::move(text);
+  if (!extras_) extras_ = std::move(made);
+  if (extras_) extras_->error_message = std::move(text);
   const task_end asked = request.load(std::memory_order_acquire);
   if (asked != task_end::none) reason_ = asked;
   else reason_ = final_status == task_status::failed ? task_end::failed : task_end::completed;
@@ -91,8 +98,9 @@ TETHER_DECL void task_record::set_progress(double fraction, std::string_view mes
           id, fraction);
   }
   std::lock_guard lock(mutex_);
-  progress_ = fraction;
-  message_.assign(message);
+  extras& e = more();
+  e.progress = fraction;
+  e.message.assign(message);
   ++sequence_;
 }
 
@@ -105,11 +113,11 @@ TETHER_DECL void task_record::fill_locked(task_fields& out) const {
   out.id = id;
   out.status = status.load(std::memory_order_acquire);
   out.cancel_requested = cancel_requested();
-  out.progress = progress_;
-  out.message = message_;
+  out.progress = extras_ ? extras_->progress : 0.0;
+  out.message = extras_ ? extras_->message : std::string();
   out.sequence = sequence_;
   out.error = error_;
-  out.error_message = error_message_;
+  out.error_message = extras_ ? extras_->error_message : std::string();
   out.reason = reason_;
   out.submitted = submitted;
   out.started = started_;
