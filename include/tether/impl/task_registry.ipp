@@ -90,6 +90,12 @@ TETHER_DECL bool task_registry::take_victims(eviction& e, kept* incoming, time_p
     e.victims[e.due] = std::move(retained_.front());
     retained_.pop_front();
   }
+  // The next step's victims are as cold as these were: ask for them now, so that they are in the cache by the
+  // next retire(), a few tasks later, instead of stalling it.
+  for (std::size_t i = 0; e.due != 0 && i < step_ && i < retained_.size(); ++i) {
+    __builtin_prefetch(retained_[i].record.get(), 1);
+    prefetch(retained_[i].hash);
+  }
   return !graves_.empty() && now - graves_.front().at >= retain_for_;
 }
 
@@ -101,6 +107,10 @@ TETHER_DECL void task_registry::take_stale(eviction& e, const grave_ref* fresh, 
   for (; e.old < batch && !graves_.empty() && (e.old < over || now - graves_.front().at >= retain_for_); ++e.old) {
     e.stale[e.old] = graves_.front();
     graves_.pop_front();
+  }
+  for (std::size_t i = 0; e.old != 0 && i < step_ && i < graves_.size(); ++i) {  // as in take_victims()
+    __builtin_prefetch(graves_[i].grave);
+    prefetch(graves_[i].hash);
   }
 }
 
