@@ -871,6 +871,21 @@ TEST_CASE("sleep_for suspends only the fiber: 10,000 sleeping tasks on 2 workers
   CHECK(most == n);
 }
 
+TEST_CASE("stress: sleeps that end while their fiber is still switching away" * doctest::timeout(120)) {
+  // A deadline a microsecond or two away often passes between the sleep's own check and the worker's next look at
+  // its timers, which then finds the sleeping fiber ready again before it has left the thread. Boost.Fiber
+  // cannot resume a running fiber: the worker must run another one, or its dispatcher, first.
+  task_manager tasks(with_workers(2));
+  std::vector<tether::task_handle<int>> handles;
+  for (int t = 0; t < 8; ++t)
+    handles.push_back(tasks.submit("short-sleeps-" + std::to_string(t), [t] {
+      int slept = 0;
+      for (int i = 0; i < scaled(5000); ++i, ++slept) tether::this_task::sleep_for(std::chrono::nanoseconds(300 * ((t + i) % 8)));
+      return slept;
+    }));
+  for (auto& h : handles) CHECK(h.get() == scaled(5000));
+}
+
 TEST_CASE("sleep_for wakes early and throws task_cancelled when the task is cancelled") {
   task_manager tasks(with_workers(1));
   std::promise<void> sleeping;

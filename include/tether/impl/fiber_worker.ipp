@@ -166,8 +166,13 @@ TETHER_DECL bool fiber_worker::park_in_runner() noexcept {
 TETHER_DECL fiber_worker::fiber* fiber_worker::choose_next() noexcept {
   poll();
   if (!ready_.empty()) {
-    fiber* next = &ready_.front();
-    ready_.pop_front();
+    auto at = ready_.begin();
+    // Never the caller itself. A fiber whose sleep ends, or whose wake comes, while it is still switching away is
+    // ready again before it has left the thread (the poll above found it), and Boost cannot resume the running
+    // fiber: it stays ready, and another fiber or the dispatcher runs first.
+    if (&*at == fiber::active() && ++at == ready_.end()) return std::exchange(dispatcher_, nullptr);
+    fiber* next = &*at;
+    ready_.erase(at);
     // A submit that saw us spinning left its task to us; we run this fiber first, so hand the task on.
     if (!exiting_ && source_.has_work()) source_.wake_idle_worker();
     return next;
