@@ -880,7 +880,8 @@ TEST_CASE("stress: sleeps that end while their fiber is still switching away" * 
   for (int t = 0; t < 8; ++t)
     handles.push_back(tasks.submit("short-sleeps-" + std::to_string(t), [t] {
       int slept = 0;
-      for (int i = 0; i < scaled(5000); ++i, ++slept) tether::this_task::sleep_for(std::chrono::nanoseconds(300 * ((t + i) % 8)));
+      for (; slept < scaled(5000); ++slept)
+        tether::this_task::sleep_for(std::chrono::nanoseconds(300 * ((t + slept) % 8)));
       return slept;
     }));
   for (auto& h : handles) CHECK(h.get() == scaled(5000));
