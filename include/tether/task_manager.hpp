@@ -234,7 +234,7 @@ auto task_manager::submit(std::string id, Fn&& fn, task_options opts) {
                 "a task must return void or a non-const object type (not a reference or an array)");
   // The id's slot in the registry is most likely not in the cache: ask for it now, so that it comes in while the
   // record is made.
-  const std::uint64_t hash = std::hash<std::string_view>{}(id);
+  const std::uint64_t hash = detail::name_hash(id);
   core_->prefetch(hash);
   detail::ref<detail::typed_record<R>> record(new detail::task_body<R, F>(
       std::forward<Fn>(fn), std::move(id), hash, std::move(opts.group), opts.weight, core_->next_generation(),

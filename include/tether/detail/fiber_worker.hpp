@@ -84,6 +84,9 @@ struct idle_workers {
   alignas(64) std::atomic<unsigned> spinning{0};  ///< 0 or 1, but for a moment while two race for the role
   std::atomic<unsigned> sleeping{0};              ///< workers that announced a sleep and can be claimed
   std::atomic<unsigned> standby{0};               ///< 0 or 1: a sleeper that looks at the queue every standby_poll
+  /// The index of the worker that went to sleep last: a submit wakes it first, since its memory is the most likely
+  /// to be in the cache still (waking the workers in turn cost about 0.9 µs more per wake-up).
+  std::atomic<unsigned> newest_sleeper{0};
   const unsigned workers;
 };
 
@@ -133,7 +136,8 @@ private:
 /// thread; everything else on the worker thread.
 class fiber_worker final : public blocker {
 public:
-  TETHER_DECL fiber_worker(task_source& source, idle_workers& idle, std::size_t stack_size);
+  /// `index`: the worker's place among its manager's workers.
+  TETHER_DECL fiber_worker(task_source& source, idle_workers& idle, unsigned index, std::size_t stack_size);
   fiber_worker(const fiber_worker&) = delete;
   fiber_worker& operator=(const fiber_worker&) = delete;
   ~fiber_worker() { join(); }
@@ -203,6 +207,7 @@ private:
   TETHER_DECL void deliver(waiter& w) noexcept;
   TETHER_DECL fiber* choose_next() noexcept;
   TETHER_DECL void switch_context(fiber* from, fiber* to) noexcept;
+  TETHER_DECL fiber_props& active_props() noexcept;
   TETHER_DECL void idle_until(steady_clock::time_point until) noexcept;
   TETHER_DECL bool park_in_runner() noexcept;
   /// A fiber that a task made (Boost's worker fibers that are not runners).
@@ -215,6 +220,7 @@ private:
 
   task_source& source_;
   idle_workers& pool_idle_;  // shared by the manager's workers
+  const unsigned index_;
   std::thread thread_;
   parker parker_;
   std::atomic<bool> sleeping_{false};
@@ -229,6 +235,11 @@ private:
   fiber_scheduler* scheduler_ = nullptr;
   boost::fibers::scheduler::ready_queue_type ready_;
   fiber* dispatcher_ = nullptr;  // Boost's dispatcher fiber, kept apart: it runs only when nothing else can
+  // The properties of the fiber that pick_next() switched to; nullptr when Boost runs its dispatcher or switches
+  // without asking us (at the start and the end of the thread). Saves asking Boost for the running fiber and its
+  // properties at each task's start and end: calls into libboost_fiber whose lines are cold after an idle spell
+  // (about 0.7 µs per task submitted to a sleeping pool).
+  fiber_props* active_props_ = nullptr;
   std::vector<fiber*> idle_;     // runners waiting for a task
   std::vector<waiter*> inbox_scratch_;
   timer_map timers_;

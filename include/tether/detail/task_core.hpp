@@ -84,7 +84,6 @@ private:
   idle_workers idle_;
   std::atomic<std::uint64_t> generation_{0};
   std::vector<std::unique_ptr<fiber_worker>> workers_;
-  std::atomic<unsigned> next_wake_{0};  // where wake_one() starts looking, to spread wakes over the workers
   std::mutex shutdown_mutex_;
   bool shut_down_ = false;  // guarded by shutdown_mutex_
   shutdown_report report_;  // guarded by shutdown_mutex_

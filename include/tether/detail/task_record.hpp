@@ -5,6 +5,7 @@
 #include <tether/context.hpp>
 #include <tether/detail/block_cache.hpp>
 #include <tether/detail/coarse_clock.hpp>
+#include <tether/detail/name_hash.hpp>
 #include <tether/detail/ref_counted.hpp>
 #include <tether/detail/spin_lock.hpp>
 #include <tether/detail/task_types.hpp>
@@ -58,7 +59,7 @@ TETHER_DECL std::string describe_exception(const std::exception_ptr& error) noex
 /// only under the fair queue's mutex.
 class task_record : public ref_counted {
 public:
-  /// `hash` is std::hash<std::string_view> of `id`.
+  /// `hash` is name_hash(id).
   TETHER_DECL task_record(std::string id, std::uint64_t hash, std::string group, unsigned weight,
                           std::uint64_t generation, tether::context ctx);
 

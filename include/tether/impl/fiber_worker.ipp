@@ -8,6 +8,7 @@
 #include <boost/fiber/operations.hpp>
 
 #include <algorithm>
+#include <cassert>
 #include <memory>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -83,8 +84,9 @@ TETHER_DECL fiber_props& fiber_scheduler::props_of(boost::fibers::context* fiber
 
 // ---- the worker ----------------------------------------------------------------------------------------------
 
-TETHER_DECL fiber_worker::fiber_worker(task_source& source, idle_workers& idle, std::size_t stack_size)
-    : source_(source), pool_idle_(idle), stacks_(stack_size) {}
+TETHER_DECL fiber_worker::fiber_worker(task_source& source, idle_workers& idle, unsigned index,
+                                       std::size_t stack_size)
+    : source_(source), pool_idle_(idle), index_(index), stacks_(stack_size) {}
 
 TETHER_DECL void fiber_worker::start() {
   thread_ = std::thread([this] { thread_main(); });
@@ -102,6 +104,7 @@ TETHER_DECL void fiber_worker::thread_main() noexcept {
   while (runners_ != 0) boost::this_fiber::yield();
   fiber_blocker_slot() = nullptr;
   current_worker_slot() = nullptr;
+  active_props_ = nullptr;  // Boost switches by itself from here on
   // Leaving the thread destroys Boost's scheduler, which runs the dispatcher until the last fiber is released.
 }
 
@@ -195,10 +198,14 @@ TETHER_DECL void fiber_worker::switch_context(fiber* from, fiber* to) noexcept {
   fiber_props& left = scheduler_->props_of(from);
   left.saved = exchange_current(tether::context());
   if (!foreign_fibers_ && is_foreign(from, left)) foreign_fibers_ = true;
-  if (!to) return;
+  if (!to) {
+    active_props_ = nullptr;
+    return;
+  }
   fiber_props& entered = scheduler_->props_of(to);
   if (!foreign_fibers_ && is_foreign(to, entered)) foreign_fibers_ = true;
   exchange_current(std::move(entered.saved));
+  active_props_ = &entered;
 }
 
 TETHER_DECL void fiber_worker::poll() noexcept {
@@ -244,6 +251,7 @@ TETHER_DECL void fiber_worker::idle_until(steady_clock::time_point until) noexce
   if (!std::exchange(stood_by_, false) && spin_until(until)) return;
   // Announce the sleep before the last look for work: a submit either sees the flag or we see its task.
   sleeping_.store(true, std::memory_order_seq_cst);
+  pool_idle_.newest_sleeper.store(index_, std::memory_order_relaxed);  // only a hint for wake_one()
   const unsigned asleep = pool_idle_.sleeping.fetch_add(1, std::memory_order_seq_cst) + 1;
   // While another worker is awake, stand by for it (if nobody does yet): see idle_workers.
   unsigned none = 0;
@@ -283,15 +291,17 @@ TETHER_DECL bool fiber_worker::something_to_do() const noexcept {
   return inbox_pending_.load(std::memory_order_seq_cst) || (!exiting_ && source_.has_work());
 }
 
-TETHER_DECL task_context* fiber_worker::current_task() noexcept { return scheduler_->props_of(fiber::active()).task; }
-
-TETHER_DECL void fiber_worker::set_current_task(task_context* task) noexcept {
-  scheduler_->props_of(fiber::active()).task = task;
+TETHER_DECL fiber_props& fiber_worker::active_props() noexcept {
+  fiber_props* known = active_props_;
+  assert(!known || known == &scheduler_->props_of(fiber::active()));
+  return known ? *known : scheduler_->props_of(fiber::active());
 }
 
-TETHER_DECL char* fiber_worker::current_stack_low() noexcept {
-  return scheduler_->props_of(fiber::active()).stack_low;
-}
+TETHER_DECL task_context* fiber_worker::current_task() noexcept { return active_props().task; }
+
+TETHER_DECL void fiber_worker::set_current_task(task_context* task) noexcept { active_props().task = task; }
+
+TETHER_DECL char* fiber_worker::current_stack_low() noexcept { return active_props().stack_low; }
 
 #if defined(__SANITIZE_ADDRESS__)
 TETHER_DECL void scrub_fiber_stack() noexcept {

@@ -44,7 +44,7 @@ TETHER_DECL task_core::task_core(const task_core_settings& settings)
     : queue_(settings.limits), registry_(settings.retain_for, settings.max_retained), idle_(settings.workers) {
   workers_.reserve(settings.workers);
   for (unsigned i = 0; i < settings.workers; ++i)
-    workers_.push_back(std::make_unique<fiber_worker>(*this, idle_, settings.stack_size));
+    workers_.push_back(std::make_unique<fiber_worker>(*this, idle_, i, settings.stack_size));
   for (auto& worker : workers_) worker->start();
 }
 
@@ -100,7 +100,7 @@ TETHER_DECL void task_core::wake_one() noexcept {
   if (sleeping == 0) return;
   if (sleeping < idle_.workers && idle_.standby.load(std::memory_order_seq_cst) != 0) return;
   const std::size_t n = workers_.size();
-  const std::size_t first = next_wake_.fetch_add(1, std::memory_order_relaxed) % n;  // only spreads the wakes
+  const std::size_t first = idle_.newest_sleeper.load(std::memory_order_relaxed) % n;
   for (std::size_t i = 0; i < n; ++i) {
     fiber_worker& worker = *workers_[(first + i) % n];
     if (worker.claim_sleeper()) {

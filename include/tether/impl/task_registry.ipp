@@ -27,7 +27,7 @@ TETHER_DECL task_registry::~task_registry() {
 }
 
 TETHER_DECL task_registry::found task_registry::find(std::string_view id) const {
-  const std::uint64_t hash = std::hash<std::string_view>{}(id);
+  const std::uint64_t hash = name_hash(id);
   shard& s = shard_of(hash);
   std::lock_guard lock(s.lock);
   const id_table::slot* slot = s.table.find(id, hash);
