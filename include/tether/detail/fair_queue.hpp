@@ -119,18 +119,13 @@ private:
   TETHER_DECL void forget_if_empty(queue_group& g) noexcept;
   TETHER_DECL void check_bounds(const task_record& task, const queue_group* g, const task_record* leaving) const;
 
-  struct group_hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return name_hash(s); }
-  };
-
   /// Groups with nothing queued or running are forgotten once there are more than this many.
   static constexpr std::size_t kept_idle_groups = 64;
 
   const queue_limits limits_;
   mutable spin_lock mutex_;
   // Keys view the groups' own names.
-  std::unordered_map<std::string_view, std::unique_ptr<queue_group>, group_hash, std::equal_to<>> groups_;
+  std::unordered_map<std::string_view, std::unique_ptr<queue_group>, name_hasher, std::equal_to<>> groups_;
   queue_group* turn_ = nullptr;  // the group pop() serves next; nullptr when nothing is queued
   std::size_t total_ = 0;        // queued tasks, guarded by mutex_; mirrored in queued_
   std::atomic<bool> closed_{false};  // written under mutex_; closed() reads it without

@@ -43,4 +43,11 @@ inline std::uint64_t name_hash(std::string_view name) noexcept {
   return h ^ (h >> 32);
 }
 
+/// name_hash as the hasher of an unordered container keyed by names; transparent, so a string_view finds a
+/// std::string key without a copy.
+struct name_hasher {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view name) const noexcept { return name_hash(name); }
+};
+
 }  // namespace tether::inline v1::detail

@@ -8,6 +8,7 @@
 #ifndef TETHER_DETAIL_SESSION_CORE_HPP
 #define TETHER_DETAIL_SESSION_CORE_HPP
 
+#include <tether/detail/name_hash.hpp>
 #include <tether/detail/parker.hpp>
 #include <tether/detail/timer_wheel.hpp>
 #include <tether/detail/wait.hpp>
@@ -81,20 +82,17 @@ struct end_subscriber {
 /// The sessions by id, in shards so that touches of different sessions rarely meet on a lock.
 class session_table {
 public:
-  struct hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-  };
   struct alignas(64) shard {
     std::mutex mutex;
-    std::unordered_map<std::string, record_ptr, hash, std::equal_to<>> sessions;
+    std::unordered_map<std::string, record_ptr, name_hasher, std::equal_to<>> sessions;
   };
   static constexpr std::size_t shard_count = 64;
 
   shard& shard_for(std::string_view id) noexcept {
     // The high bits: the map inside the shard picks its bucket from the low ones.
-    return shards_[(hash{}(id) >> (sizeof(std::size_t) * 8 - 6)) % shard_count];
+    return shards_[name_hash(id) >> 58];
   }
+  static_assert(shard_count == 64, "shard_for() takes the top six bits of the hash");
   shard& at(std::size_t i) noexcept { return shards_[i]; }
 
 private:
