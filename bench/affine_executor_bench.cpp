@@ -28,6 +28,8 @@
 #include <utility>
 #include <vector>
 
+#include "brief.hpp"
+
 namespace {
 
 using clock_type = std::chrono::steady_clock;
@@ -345,8 +347,8 @@ void one_way(benchmark::State& state, const char* peer, bool parked) {
   report(state, samples, parked ? "one_way/parked" : "one_way/awake", peer);
 }
 
-constexpr benchmark::IterationCount awake_iterations = 20'000;
-constexpr benchmark::IterationCount parked_iterations = 2'000;
+const benchmark::IterationCount awake_iterations = tether_bench::sized<benchmark::IterationCount>(20'000, 1'000);
+const benchmark::IterationCount parked_iterations = tether_bench::sized<benchmark::IterationCount>(2'000, 100);
 
 /// Registers the four runs of one peer; floors first, so the ratios of the others can refer to them.
 template <class Peer>

@@ -19,9 +19,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "brief.hpp"
+
 namespace {
 
-constexpr std::size_t session_count = 100'000;
+const std::size_t session_count = tether_bench::sized<std::size_t>(100'000, 10'000);
 
 /// The peer: what a hand-written monitor keeps, every session's last touch in one map behind one mutex.
 class one_lock_sessions {
@@ -148,7 +150,7 @@ void manager_thread_cpu(benchmark::State& state) {
   state.counters["manager_cpu_percent"] = percent;
   state.counters["sessions"] = static_cast<double>(sessions.active());
 }
-BENCHMARK(manager_thread_cpu)->Arg(10)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
+BENCHMARK(manager_thread_cpu)->Arg(tether_bench::sized(10, 1))->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 
 }  // namespace
 

@@ -23,6 +23,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "brief.hpp"
+
 namespace {
 
 using clock_type = std::chrono::steady_clock;
@@ -275,7 +277,7 @@ void BM_get_result_poll_mutex_map(benchmark::State& state) {
 
 // ---- registration -------------------------------------------------------------------------------------------------
 
-constexpr int tasks_per_iteration = 200'000;
+const int tasks_per_iteration = tether_bench::sized(200'000, 10'000);
 
 template <class Pool>
 void register_throughput(const char* name, int count) {
@@ -299,7 +301,7 @@ void register_latency(const char* name) {
   for (bool idle : {true, false})
     benchmark::RegisterBenchmark((std::string("latency/") + (idle ? "idle/" : "busy/") + name).c_str(),
                                  [name, idle](benchmark::State& s) { latency<Pool>(s, name, idle); })
-        ->Iterations(idle ? 2000 : 20000)
+        ->Iterations(tether_bench::sized(idle ? 2000 : 20000, idle ? 100 : 1000))
         ->UseRealTime();
 }
 
@@ -308,7 +310,7 @@ const bool registered = [] {
   register_throughput<moodycamel_pool>("moodycamel", tasks_per_iteration);
   register_throughput<asio_pool>("asio_thread_pool", tasks_per_iteration);
   register_throughput<tbb_pool>("tbb_task_group", tasks_per_iteration);
-  register_throughput<async_pool>("std_async", 2'000);
+  register_throughput<async_pool>("std_async", tether_bench::sized(2'000, 200));
   register_throughput<tether_pool>("tether_keyed", tasks_per_iteration);
   register_teardown<asio_pool>("asio_thread_pool", tasks_per_iteration);
   register_teardown<tether_pool>("tether_keyed", tasks_per_iteration);
