@@ -472,16 +472,16 @@ TEST_CASE("a task whose function or result is over-aligned gets memory aligned f
   }
 }
 
-TEST_CASE("stress: the tombstone bound holds while several threads evict at once" * doctest::timeout(120)) {
+TEST_CASE("stress: the memory bound on evicted ids holds while several threads evict at once" * doctest::timeout(120)) {
   // Each thread files, finishes and retires records under random ids, as workers do; every retire evicts
-  // (max_retained 0), so tombstones pile up to their bound of 1,024 and are forgotten as fast. A watcher samples
-  // their count the whole time.
+  // (max_retained 0), so evicted ids pile up past their bound of 1,024 and generations of them are dropped as
+  // fast. A watcher samples how many are held the whole time: never more than five quarters of the bound.
   using namespace tether::detail;
   task_registry registry(std::chrono::seconds(600), 0);
   std::atomic<bool> done{false};
   std::size_t most = 0;
   std::thread watcher([&] {
-    while (!done.load(std::memory_order_acquire)) most = std::max(most, registry.tombstones());
+    while (!done.load(std::memory_order_acquire)) most = std::max(most, registry.evicted_ids());
   });
   auto make_fn = [] { return [] { return 1; }; };
   using body = task_body<int, decltype(make_fn())>;
@@ -502,9 +502,41 @@ TEST_CASE("stress: the tombstone bound holds while several threads evict at once
   for (auto& t : threads) t.join();
   done.store(true, std::memory_order_release);
   watcher.join();
-  CHECK(most <= 1024);
-  CHECK(registry.tombstones() <= 1024);
-  CHECK(most > 1000);  // the bound was reached: the test exercised it
+  CHECK(most <= 1280);
+  CHECK(registry.evicted_ids() <= 1280);
+  CHECK(most > 1250);  // a generation was dropped at the bound: the test exercised it
+}
+
+TEST_CASE("the graveyard finds exactly the newest bound evictions, an id's latest one, within 5/4 of the bound") {
+  using tether::detail::graveyard;
+  using when = graveyard::time_point;
+  const auto at = [](long n) { return when(std::chrono::nanoseconds(n)); };
+  for (const std::size_t bound : {1u, 7u, 1024u}) {
+    CAPTURE(bound);
+    graveyard graves(bound);
+    const std::uint64_t total = 10 * bound + 3;
+    std::size_t most = 0;
+    // Hashes from a mixing constant, so that they spread over the tables; 0 is a valid hash too.
+    const auto hash_of = [](std::uint64_t i) { return i * 0x9e3779b97f4a7c15ULL; };
+    for (std::uint64_t i = 0; i < total; ++i) {
+      graves.add(hash_of(i), at(static_cast<long>(i)));
+      most = std::max(most, graves.size());
+    }
+    CHECK(most <= 5 * ((bound + 3) / 4));  // five generations of a quarter of the bound, rounded up
+    for (std::uint64_t i = 0; i < total; ++i) {
+      const auto found = graves.find(hash_of(i));
+      if (i + bound >= total) {
+        REQUIRE(found);
+        CHECK(*found == at(static_cast<long>(i)));
+      } else if (found) {
+        FAIL_CHECK("eviction " << i << " of " << total << " is older than the newest " << bound);
+      }
+    }
+    CHECK_FALSE(graves.find(hash_of(total)));
+    // Evicted again: the later time counts, also once the first eviction has been forgotten.
+    graves.add(hash_of(total - 1), at(-1));
+    CHECK(*graves.find(hash_of(total - 1)) == at(-1));
+  }
 }
 
 TEST_CASE("name_hash spreads ids evenly over the id tables' low bits and the registry's shards") {

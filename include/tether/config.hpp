@@ -32,7 +32,7 @@
 #ifndef TETHER_SANITIZED
 #  define TETHER_SANITIZED 0
 #endif
-// 1: freed task records and tombstones are kept for reuse (detail/block_cache.hpp). AddressSanitizer builds default
+// 1: freed task records are kept for reuse (detail/block_cache.hpp). AddressSanitizer builds default
 // to 0, since recycled memory hides a use after free from it; define it to 0 for valgrind or other checkers too.
 #ifndef TETHER_RECYCLE_MEMORY
 #  if defined(__SANITIZE_ADDRESS__)

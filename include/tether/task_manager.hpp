@@ -135,7 +135,7 @@ public:
     unsigned workers = 0;                        ///< 0: std::thread::hardware_concurrency()
     std::size_t max_queued = 1'000'000;          ///< queued (not running) tasks; 0: unlimited
     std::size_t max_queued_per_group = 0;        ///< 0: unlimited
-    std::chrono::seconds retain_for{600};        ///< finished results, then tombstones of evicted ids
+    std::chrono::seconds retain_for{600};        ///< finished results, then the ids of evicted ones (as expired)
     std::size_t max_retained = 100'000;          ///< finished results kept at most
     std::size_t stack_size = 128 * 1024;         ///< bytes of stack per fiber
   };

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: BSL-1.0
-// The task manager's id map: records by id in shards, retention of finished results, and tombstones.
+// The task manager's id map: records by id in shards, retention of finished results, and evicted ids.
 #pragma once
 
 #include <tether/config.hpp>
 #include <tether/detail/coarse_clock.hpp>
+#include <tether/detail/graveyard.hpp>
 #include <tether/detail/id_table.hpp>
 #include <tether/detail/ref_counted.hpp>
 #include <tether/detail/spin_lock.hpp>
@@ -17,16 +18,17 @@
 #include <functional>
 #include <mutex>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace tether::inline v1::detail {
 
 /// Records by id. A finished record stays for `retain_for` and among the newest `max_retained` finished ones; then
-/// it is evicted and leaves a tombstone, so that its id reads as expired rather than unknown, for another
-/// `retain_for` (at most max(max_retained, 1024) tombstones are kept). A finished record past `retain_for` reads
-/// as expired even before it is evicted: eviction happens when another task finishes. Past 4,096 retained results,
-/// eviction goes 8 at a time (so up to 7 fewer than max_retained may be kept): the evicted records, their table
-/// slots and tombstones are cold, and a batch lets their cache misses overlap.
+/// it is evicted, and its id reads as expired rather than unknown for another `retain_for`, as long as it is among
+/// the newest max(max_retained, 1024) evictions (see graveyard). A finished record past `retain_for` reads as
+/// expired even before it is evicted: eviction happens when another task finishes. Past 4,096 retained results,
+/// eviction goes 8 at a time (so up to 7 fewer than max_retained may be kept): the evicted records and their table
+/// slots are cold, and a batch lets their cache misses overlap.
 /// **Thread safety:** every member from any thread. Locks: a shard, then the fair queue (inside insert's admit);
 /// the retention lock is never held together with another.
 class task_registry {
@@ -38,7 +40,7 @@ public:
   };
 
   TETHER_DECL task_registry(std::chrono::seconds retain_for, std::size_t max_retained);
-  /// Releases every record and tombstone.
+  /// Releases every record.
   TETHER_DECL ~task_registry();
   task_registry(const task_registry&) = delete;
   task_registry& operator=(const task_registry&) = delete;
@@ -46,7 +48,7 @@ public:
   TETHER_DECL found find(std::string_view id) const;
 
   /// A hint, without the lock: starts loading the table slot where an id with this hash would be.
-  void prefetch(std::uint64_t hash) const noexcept { shard_of(hash).table.prefetch(hash); }
+  void prefetch(std::uint64_t hash) const noexcept { hints_[hash >> 58].prefetch(hash, sizeof(id_table::slot)); }
 
   /// Files `task` under its id. Under the id's lock, calls `admit(previous)` with the queued or running task that
   /// has the id (nullptr when none); when admit throws, nothing changes.
@@ -55,10 +57,10 @@ public:
     shard& s = shard_of(task.hash);
     std::lock_guard lock(s.lock);
     id_table::slot* slot = s.table.find(task.id, task.hash);
-    task_record* live = slot ? slot->record() : nullptr;
+    task_record* live = slot ? slot->record : nullptr;
     if (!slot) s.table.reserve_one();  // before admit: once admitted, filing the task must not fail
     admit(live && !live->has_ended() ? live : nullptr);
-    if (slot) s.table.replace(*slot, task);  // a finished record or a tombstone goes; a live one was replaced
+    if (slot) s.table.replace(*slot, task);  // a finished record goes; a live one was replaced
     else s.table.insert(task);
   }
 
@@ -73,8 +75,8 @@ public:
 
   /// Records in the map: queued, running and retained ones.
   TETHER_DECL std::size_t size() const;
-  /// Tombstones kept: at most max(max_retained, 1024) whenever no retire() is between its two steps.
-  std::size_t tombstones() const {
+  /// Evicted ids remembered (memory, not what reads as expired): at most five quarters of max(max_retained, 1024).
+  std::size_t evicted_ids() const {
     std::lock_guard lock(retention_lock_);
     return graves_.size();
   }
@@ -88,57 +90,46 @@ private:
   };
   /// A cache line each: a submitter and a worker evicting from a neighbouring shard must not share one.
   struct alignas(64) shard {
+    explicit shard(table_hint& hint) noexcept : table(hint) {}
     mutable spin_lock lock;
     id_table table;
   };
-  /// A tombstone in eviction order, which owns it; `grave` is only compared, never read, until found in its
-  /// shard again (the registry frees a tombstone only after taking it out of its table).
-  struct grave_ref {
-    std::uint64_t hash;
-    tombstone* grave;
-    time_point at;
-  };
-
   static constexpr std::size_t shard_count = 64;
   /// Evictions done per turn of the retention lock at most, and turns per retire().
   static constexpr std::size_t batch = 16;
   static constexpr int max_rounds = 4;
   /// How many records a full registry evicts at once: 1 (exact) up to 4,096 retained results, else 8.
   static std::size_t step_for(std::size_t max_retained) noexcept { return max_retained < 4096 ? 1 : 8; }
-  /// How many entries to take out of a queue of `size` kept to `bound`: past the bound, a whole step goes at
-  /// once, so the size never passes the bound.
-  std::size_t over_bound(std::size_t size, std::size_t bound) const noexcept {
-    return size > bound ? size - bound + step_ - 1 : 0;
+  /// How many results to evict from `size` retained ones: past max_retained, a whole step goes at once, so the
+  /// size never passes the bound.
+  std::size_t over_bound(std::size_t size) const noexcept {
+    return size > max_retained_ ? size - max_retained_ + step_ - 1 : 0;
   }
 
+  template <std::size_t... I>
+  static std::array<shard, shard_count> make_shards(std::array<table_hint, shard_count>& hints,
+                                                    std::index_sequence<I...>) noexcept {
+    return {shard(hints[I])...};
+  }
   shard& shard_of(std::uint64_t hash) const noexcept { return shards_[hash >> 58]; }  // the table uses the low bits
   static_assert(shard_count == 64, "shard_of() takes the top six bits of the hash");
 
-  /// Keeps `incoming` (when given), evicts one batch of what is past the bounds and forgets one batch of old
-  /// tombstones; true when more may be due.
+  /// Keeps `incoming` (when given) and evicts one batch of what is past the bounds; true when more may be due.
   TETHER_DECL bool evict_batch(kept* incoming, time_point now);
-  /// What one evict_batch() takes out of the two queues.
-  struct eviction {
-    kept victims[batch];
-    grave_ref stale[batch];
-    std::size_t due = 0, old = 0;
-  };
-  /// Under the retention lock: keeps `incoming` and takes the records due for eviction; true when a tombstone is
-  /// past retain_for.
-  TETHER_DECL bool take_victims(eviction& e, kept* incoming, time_point now);
-  /// Under the retention lock: adds the `n` new tombstones, then takes those past the bounds.
-  TETHER_DECL void take_stale(eviction& e, const grave_ref* fresh, std::size_t n, time_point now);
-  TETHER_DECL bool bury(task_record& task, time_point now, grave_ref& out);
-  TETHER_DECL void forget(const grave_ref& g) noexcept;
+  /// Under the retention lock: keeps `incoming`, takes up to a batch of records due for eviction into `victims`
+  /// and remembers their ids as evicted; returns how many.
+  TETHER_DECL std::size_t take_victims(kept (&victims)[batch], kept* incoming, time_point now);
+  /// Takes `task` out of its shard's table, unless a newer submission has its id now.
+  TETHER_DECL void unfile(const task_record& task) noexcept;
 
   const std::chrono::steady_clock::duration retain_for_;
   const std::size_t max_retained_;
-  const std::size_t max_tombstones_;
   const std::size_t step_;
+  std::array<table_hint, shard_count> hints_;  // before shards_, which refer to them; written only when a table grows
   mutable std::array<shard, shard_count> shards_;
   mutable spin_lock retention_lock_;
-  std::deque<kept> retained_;              // finish order; guarded by retention_lock_
-  std::deque<grave_ref> graves_;           // eviction order; guarded by retention_lock_
+  std::deque<kept> retained_;  // finish order; guarded by retention_lock_
+  graveyard graves_;           // guarded by retention_lock_
 };
 
 }  // namespace tether::inline v1::detail
