@@ -130,6 +130,7 @@ private:
   mutable spin_lock retention_lock_;
   std::deque<kept> retained_;  // finish order; guarded by retention_lock_
   graveyard graves_;           // guarded by retention_lock_
+  std::size_t ahead_turn_ = 0;  // which future victim take_victims() prefetches next; guarded by retention_lock_
 };
 
 }  // namespace tether::inline v1::detail

@@ -91,12 +91,16 @@ TETHER_DECL std::size_t task_registry::take_victims(kept (&victims)[batch], kept
     // Before the record leaves its table (in unfile()), so that a lookup meanwhile finds one or the other.
     graves_.add(victims[due].hash, now);
   }
-  // The next step's victims are as cold as these were: ask for them now, so that they are in the cache by the
-  // next retire(), a few tasks later, instead of stalling it.
-  for (std::size_t i = 0; due != 0 && i < step_ && i < retained_.size(); ++i) {
-    retained_[i].record->prefetch_for_run();
-    prefetch(retained_[i].hash);
-    graves_.prefetch(retained_[i].hash);
+  // Future victims are as cold as these were. Each retire() asks for one of the step after next, so that every
+  // victim's lines are in the cache a step before it goes: one at a time, because asking for a whole step's
+  // records at once (dozens of lines) overflowed what the core tracks, and those prefetches were dropped.
+  if (step_ > 1) {
+    const std::size_t ahead = step_ + (ahead_turn_++ % step_);
+    if (ahead < retained_.size()) {
+      retained_[ahead].record->prefetch_for_run();
+      prefetch(retained_[ahead].hash);
+      graves_.prefetch(retained_[ahead].hash);
+    }
   }
   return due;
 }
