@@ -110,6 +110,8 @@ public:
   std::size_t queued() const noexcept { return queued_.load(std::memory_order_seq_cst); }
 
 private:
+  /// The group named `name`, or nullptr.
+  TETHER_DECL queue_group* find_group(std::string_view name) noexcept;
   TETHER_DECL queue_group& add_group(const std::string& name);
   TETHER_DECL task_record* pop_locked() noexcept;
   TETHER_DECL bool finish_locked(task_record& task) noexcept;
@@ -126,7 +128,8 @@ private:
   mutable spin_lock mutex_;
   // Keys view the groups' own names.
   std::unordered_map<std::string_view, std::unique_ptr<queue_group>, name_hasher, std::equal_to<>> groups_;
-  queue_group* turn_ = nullptr;  // the group pop() serves next; nullptr when nothing is queued
+  queue_group* turn_ = nullptr;        // the group pop() serves next; nullptr when nothing is queued
+  queue_group* last_group_ = nullptr;  // the group that push() found or made last
   std::size_t total_ = 0;        // queued tasks, guarded by mutex_; mirrored in queued_
   std::atomic<bool> closed_{false};  // written under mutex_; closed() reads it without
   std::atomic<std::size_t> queued_{0};
