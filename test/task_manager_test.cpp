@@ -493,7 +493,7 @@ TEST_CASE("stress: the memory bound on evicted ids holds while several threads e
       for (int i = 0; i < rounds; ++i) {
         std::string id = "id-" + std::to_string(rng() % 20'000);
         const std::uint64_t hash = tether::detail::name_hash(id);
-        ref<body> record(new body(make_fn(), std::move(id), hash, "", 1, 0, tether::context{}));
+        ref<body> record(new body(make_fn(), std::move(id), hash, "", 1, tether::context{}));
         registry.insert(*record, [](task_record*) {});
         record->finish(tether::task_status::succeeded, nullptr);
         registry.retire(*record);

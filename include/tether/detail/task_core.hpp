@@ -41,8 +41,6 @@ public:
   /// shutdown(cancel), then the workers are joined.
   TETHER_DECL ~task_core();
 
-  std::uint64_t next_generation() noexcept { return generation_.fetch_add(1, std::memory_order_relaxed) + 1; }
-
   /// Files and queues `task`, replacing or rejecting a live task with its id; wakes a sleeping worker.
   TETHER_DECL void submit(task_record& task, on_duplicate duplicate);
 
@@ -82,7 +80,6 @@ private:
   fair_queue queue_;
   task_registry registry_;
   idle_workers idle_;
-  std::atomic<std::uint64_t> generation_{0};
   std::vector<std::unique_ptr<fiber_worker>> workers_;
   std::mutex shutdown_mutex_;
   bool shut_down_ = false;  // guarded by shutdown_mutex_

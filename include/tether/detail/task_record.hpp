@@ -61,7 +61,7 @@ class task_record : public ref_counted {
 public:
   /// `hash` is name_hash(id).
   TETHER_DECL task_record(std::string id, std::uint64_t hash, std::string group, unsigned weight,
-                          std::uint64_t generation, tether::context ctx);
+                          tether::context ctx);
 
   // Made by submitters and freed by workers: see block_cache. (The virtual destructor passes the full size.) A task
   // whose function or result is over-aligned gets the aligned forms, which the cache does not serve.
@@ -76,7 +76,6 @@ public:
   const std::uint64_t hash;  ///< of the id: the registry's and the fair queue's lookups reuse it
   const std::string group;
   const unsigned weight;
-  const std::uint64_t generation;  ///< grows with every submission to the manager
   const tether::context ctx;       ///< the submitter's context, installed around the task
   /// Wall-clock times are read at each event: a steady clock mapped to wall time would be wrong after a suspend
   /// (CLOCK_MONOTONIC stops) or a clock step.
@@ -268,9 +267,8 @@ template <class R, class Fn>
 class task_body final : public typed_record<R> {
 public:
   template <class F>
-  task_body(F&& fn, std::string id, std::uint64_t hash, std::string group, unsigned weight, std::uint64_t generation,
-            tether::context ctx)
-      : typed_record<R>(std::move(id), hash, std::move(group), weight, generation, std::move(ctx)),
+  task_body(F&& fn, std::string id, std::uint64_t hash, std::string group, unsigned weight, tether::context ctx)
+      : typed_record<R>(std::move(id), hash, std::move(group), weight, std::move(ctx)),
         fn_(std::in_place, std::forward<F>(fn)) {}
 
   task_status run(task_context& tc, std::exception_ptr& error) noexcept override {

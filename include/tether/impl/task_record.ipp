@@ -24,12 +24,11 @@ TETHER_DECL std::string describe_exception(const std::exception_ptr& error) noex
 }
 
 TETHER_DECL task_record::task_record(std::string task_id, std::uint64_t id_hash, std::string task_group,
-                                     unsigned task_weight, std::uint64_t task_generation, tether::context task_ctx)
+                                     unsigned task_weight, tether::context task_ctx)
     : id(std::move(task_id)),
       hash(id_hash),
       group(std::move(task_group)),
       weight(task_weight),
-      generation(task_generation),
       ctx(std::move(task_ctx)),
       submitted(std::chrono::system_clock::now()) {}
 
