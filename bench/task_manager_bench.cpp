@@ -226,22 +226,31 @@ void teardown(benchmark::State& state) {
 
 /// Submit -> start latency. Idle: the workers have gone to sleep before each submit. Busy: back to back, so a
 /// worker is still awake (running or spinning) when the next task arrives.
+/// One submit -> start sample in µs: posts a task that stamps the time it starts, and spins until it has.
+template <class Pool>
+double start_latency_us(Pool& pool) {
+  std::atomic<std::int64_t> started{0};
+  const auto t0 = clock_type::now();
+  pool.post([&] { started.store(clock_type::now().time_since_epoch().count(), std::memory_order_release); });
+  std::int64_t at = 0;
+  while ((at = started.load(std::memory_order_acquire)) == 0) __builtin_ia32_pause();  // x86: the machines we measure on
+  return static_cast<double>(at - t0.time_since_epoch().count()) / 1000.0;
+}
+
+/// Lets the workers of every pool park; the pause is not measured.
+void pause_for_parking(benchmark::State& state) {
+  state.PauseTiming();
+  std::this_thread::sleep_for(std::chrono::microseconds(500));
+  state.ResumeTiming();
+}
+
 template <class Pool>
 void latency(benchmark::State& state, const std::string& name, bool idle) {
   Pool pool;
   std::vector<double> samples;
   for (auto _ : state) {
-    if (idle) {
-      state.PauseTiming();
-      std::this_thread::sleep_for(std::chrono::microseconds(500));  // lets the workers park; not measured
-      state.ResumeTiming();
-    }
-    std::atomic<std::int64_t> started{0};
-    const auto t0 = clock_type::now();
-    pool.post([&] { started.store(clock_type::now().time_since_epoch().count(), std::memory_order_release); });
-    std::int64_t at = 0;
-    while ((at = started.load(std::memory_order_acquire)) == 0) __builtin_ia32_pause();  // x86: the machines we measure on
-    samples.push_back(static_cast<double>(at - t0.time_since_epoch().count()) / 1000.0);
+    if (idle) pause_for_parking(state);
+    samples.push_back(start_latency_us(pool));
   }
   const double p50 = percentile(samples, 0.50), p99 = percentile(samples, 0.99);
   state.counters["p50_us"] = p50;
@@ -273,6 +282,54 @@ void BM_get_result_poll_mutex_map(benchmark::State& state) {
     std::lock_guard lock(m);
     benchmark::DoNotOptimize(results.find(key)->second);
   }
+}
+
+// ---- paired: tether and its reference peer in turn, sample by sample ------------------------------------------------
+
+// This VM's speed swings by up to 2x within minutes, with where the host places its vCPUs: the same binary's idle
+// p50 or throughput moves more between two repetitions than the changes we measure. Alternating the two pools at
+// the finest grain gives both the same machine, so their ratio holds still from run to run; these are the figures
+// the targets are judged by.
+
+/// Idle submit -> start, tether and the condvar floor alternately after each pause. The pause is a plain sleep:
+/// pausing the benchmark's timers reads the process's CPU time, a system call, right before the submit.
+void idle_latency_paired(benchmark::State& state) {
+  condvar_pool floor;
+  tether_pool tether;
+  std::vector<double> floor_us, tether_us;
+  for (auto _ : state) {
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+    floor_us.push_back(start_latency_us(floor));
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+    tether_us.push_back(start_latency_us(tether));
+  }
+  const double f = percentile(floor_us, 0.5), t = percentile(tether_us, 0.5);
+  state.counters["condvar_p50_us"] = f;
+  state.counters["tether_p50_us"] = t;
+  state.counters["tether_vs_condvar"] = t / f;
+}
+
+/// Throughput, tether's keyed tasks and asio::thread_pool's post, one batch of each in turn per iteration; tether
+/// is at its retention bound from the first batch on (the batch is larger than max_retained).
+void throughput_paired(benchmark::State& state) {
+  const auto count = static_cast<int>(state.range(0));
+  asio_pool asio;
+  tether_pool tether;
+  run_batch(tether, count);  // to the retention bound before anything is measured
+  const auto rate = [count](auto& pool) {
+    const auto t0 = clock_type::now();
+    run_batch(pool, count);
+    return count / std::chrono::duration<double>(clock_type::now() - t0).count();
+  };
+  std::vector<double> asio_rate, tether_rate;
+  for (auto _ : state) {
+    asio_rate.push_back(rate(asio));
+    tether_rate.push_back(rate(tether));
+  }
+  const double a = percentile(asio_rate, 0.5), t = percentile(tether_rate, 0.5);
+  state.counters["asio_per_s"] = a;
+  state.counters["tether_per_s"] = t;
+  state.counters["tether_vs_asio"] = t / a;
 }
 
 // ---- registration -------------------------------------------------------------------------------------------------
@@ -320,6 +377,14 @@ const bool registered = [] {
   register_latency<tbb_pool>("tbb_task_group");
   register_latency<async_pool>("std_async");
   register_latency<tether_pool>("tether_keyed");
+  benchmark::RegisterBenchmark("paired/idle_latency/tether_vs_condvar", idle_latency_paired)
+      ->Iterations(tether_bench::sized(2000, 100))
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("paired/throughput/tether_vs_asio", throughput_paired)
+      ->Arg(tasks_per_iteration)
+      ->Iterations(tether_bench::sized(15, 2))
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::RegisterBenchmark("get_result_poll/tether", BM_get_result_poll_tether);
   benchmark::RegisterBenchmark("get_result_poll/mutex_map", BM_get_result_poll_mutex_map);
   return true;
