@@ -69,7 +69,9 @@ struct queue_limits {
 /// The tasks waiting for a worker. Groups with queued tasks form a ring; pop() serves the group whose turn it is,
 /// and a group of weight w keeps the turn for w tasks in a row, so a group that queued a thousand tasks does not
 /// starve one that queued a single task. A group that gets work joins at the end of the ring. Removing a queued
-/// task (cancel) is O(1). The queue keeps one reference to each record from push() until finish() or remove().
+/// task (cancel) is O(1). The queue keeps one reference to each queued record, from push() until remove(), or
+/// until pop() hands it to the worker; a running record is listed (under the lock) but kept alive by its worker,
+/// which lets go of it only after finish().
 /// **Thread safety:** every member from any thread (one lock; queued() is a lock-free read).
 class fair_queue {
 public:
@@ -83,10 +85,11 @@ public:
   /// then nothing changed.
   TETHER_DECL void push(task_record& task, task_record* replaced);
 
-  /// The next task by weighted round-robin, now counted as running; nullptr when nothing is queued.
+  /// The next task by weighted round-robin, now counted as running, with the queue's reference; nullptr when
+  /// nothing is queued.
   TETHER_DECL ref<task_record> pop();
 
-  /// A running task ended: forgets it.
+  /// A running task ended: forgets it. The caller holds the reference that pop() gave it until this returned.
   TETHER_DECL void finish(task_record& task) noexcept;
 
   /// finish(task) and pop() in one step: a worker that goes on to its next task takes the lock once, not twice.
@@ -114,7 +117,7 @@ private:
   TETHER_DECL queue_group* find_group(std::string_view name) noexcept;
   TETHER_DECL queue_group& add_group(const std::string& name);
   TETHER_DECL task_record* pop_locked() noexcept;
-  TETHER_DECL bool finish_locked(task_record& task) noexcept;
+  TETHER_DECL void finish_locked(task_record& task) noexcept;
   TETHER_DECL void unlink_queued(task_record& task) noexcept;
   TETHER_DECL void ring_insert(queue_group& g) noexcept;
   TETHER_DECL void ring_remove(queue_group& g) noexcept;

@@ -180,7 +180,9 @@ protected:
   std::uint64_t sequence_ = 0;
   std::exception_ptr error_;
   task_end reason_ = task_end::none;
-  std::chrono::system_clock::time_point started_, finished_;
+  std::chrono::system_clock::time_point finished_;
+  /// Written once, without the lock, before `status` becomes running (release); read after `status` (acquire).
+  std::atomic<std::chrono::system_clock::rep> started_ns_{0};
 };
 
 /// A record whose task returns R; holds the latest value.

@@ -8,13 +8,11 @@ namespace tether::inline v1::detail {
 
 TETHER_DECL fair_queue::~fair_queue() {
   // Normally empty: the manager ends every task before it goes. Release what is left all the same.
-  for (auto& [name, g] : groups_) {
-    for (task_list* list : {&g->queued, &g->running})
-      while (task_record* t = list->front()) {
-        list->erase(*t);
-        intrusive_ptr_release(t);
-      }
-  }
+  for (auto& [name, g] : groups_)
+    while (task_record* t = g->queued.front()) {
+      g->queued.erase(*t);
+      intrusive_ptr_release(t);
+    }
 }
 
 TETHER_DECL void fair_queue::push(task_record& task, task_record* replaced) {
@@ -76,7 +74,7 @@ TETHER_DECL queue_group& fair_queue::add_group(const std::string& name) {
 
 TETHER_DECL ref<task_record> fair_queue::pop() {
   std::lock_guard lock(mutex_);
-  return ref<task_record>(pop_locked());
+  return ref<task_record>(pop_locked(), false);  // the queue's reference goes with it
 }
 
 TETHER_DECL task_record* fair_queue::pop_locked() noexcept {
@@ -102,36 +100,24 @@ TETHER_DECL task_record* fair_queue::pop_locked() noexcept {
 }
 
 TETHER_DECL void fair_queue::finish(task_record& task) noexcept {
-  bool release = false;
-  {
-    std::lock_guard lock(mutex_);
-    release = finish_locked(task);
-  }
-  if (release) intrusive_ptr_release(&task);
+  std::lock_guard lock(mutex_);
+  finish_locked(task);
 }
 
 TETHER_DECL ref<task_record> fair_queue::finish_and_pop(task_record& task) noexcept {
-  bool release = false;
-  ref<task_record> next;
-  {
-    std::lock_guard lock(mutex_);
-    release = finish_locked(task);
-    next.reset(pop_locked());
-  }
-  if (release) intrusive_ptr_release(&task);  // outside the lock: it may be the last reference
-  return next;
+  std::lock_guard lock(mutex_);
+  finish_locked(task);
+  return ref<task_record>(pop_locked(), false);  // the queue's reference goes with it
 }
 
-/// True when the caller must drop the queue's reference to `task` (after unlocking).
-TETHER_DECL bool fair_queue::finish_locked(task_record& task) noexcept {
-  if (task.place != task_place::running) return false;
+TETHER_DECL void fair_queue::finish_locked(task_record& task) noexcept {
+  if (task.place != task_place::running) return;
   queue_group& g = *task.home;
   g.running.erase(task);
   --g.running_count;
   task.place = task_place::finished;
   task.home = nullptr;
   forget_if_empty(g);
-  return true;
 }
 
 TETHER_DECL bool fair_queue::remove(task_record& task) noexcept {

@@ -61,9 +61,9 @@ TETHER_DECL std::stop_token task_record::stop_token() const noexcept {
 }
 
 TETHER_DECL void task_record::mark_started() noexcept {
-  const auto now = std::chrono::system_clock::now();
-  std::lock_guard lock(mutex_);
-  started_ = now;
+  // No lock: the start time is the only field besides the status, and readers take it after the status.
+  // relaxed: its partner is the release store of `status` just below.
+  started_ns_.store(std::chrono::system_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
   status.store(task_status::running, std::memory_order_release);
 }
 
@@ -119,7 +119,10 @@ TETHER_DECL void task_record::fill_locked(task_fields& out) const {
   out.error_message = extras_ ? extras_->error_message : std::string();
   out.reason = reason_;
   out.submitted = submitted;
-  out.started = started_;
+  // After the status: a task that reads as started has its start time (relaxed: `status` was read with acquire).
+  if (out.status != task_status::queued)
+    out.started = std::chrono::system_clock::time_point(
+        std::chrono::system_clock::duration(started_ns_.load(std::memory_order_relaxed)));
   out.finished = finished_;
 }
 
