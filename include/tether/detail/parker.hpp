@@ -30,8 +30,9 @@ inline void spin_pause() noexcept {
 /// once the first checks have failed: a hand-off between two awake threads is over before then, and a clock read
 /// costs about as much as the hand-off. With `polite`, it yields the CPU every few dozen checks: a caller waiting
 /// for its answer lets an owner that shares its core (a busy machine) run at once, instead of keeping it off the
-/// core for the whole window. An idle owner's spin is not polite: yielding there made the scheduler keep owner
-/// and producer on one core, and a woken owner then waited a whole tick for a busy producer.
+/// core for the whole window. An idle affine owner's spin is not polite: yielding there made the scheduler keep
+/// owner and producer on one core, and a woken owner then waited a whole tick for a busy producer. An idle task
+/// worker's is (see fiber_worker::spin_until): there the spinner starved the submitter.
 template <class Ready>
 bool spin_for(Ready&& ready, std::chrono::nanoseconds spin, steady_clock::time_point deadline, bool polite) noexcept {
   for (int i = 0; i < 16; ++i) {
