@@ -65,7 +65,9 @@ struct task_fields {
   bool cancel_requested = false;
   double progress = 0.0;            ///< the latest progress() fraction, in [0, 1]
   std::string message;              ///< the latest progress() message
-  std::uint64_t sequence = 0;       ///< grows with every publish() and progress(): equal means nothing new
+  /// Grows with every publish(), progress() and the end: equal means nothing new. It counts one submission; a new
+  /// submission under the id counts from 0 again, and has another `submitted` time.
+  std::uint64_t sequence = 0;
   std::exception_ptr error;         ///< what the task threw (failed tasks)
   std::string error_message;        ///< its what(), or a description when it is not a std::exception
   task_end reason = task_end::none; ///< none while the task has not ended
