@@ -150,6 +150,24 @@ TEST_CASE("publish and progress show up in get_result and bump the sequence") {
   CHECK(end->sequence > mid->sequence);
 }
 
+TEST_CASE("a new submission under an id counts its sequence anew and has its own submitted time") {
+  // What a poller must compare, besides the sequence, to see that an id now names another submission.
+  task_manager tasks(with_workers(1));
+  const auto twice = [](task_context& t) {
+    t.publish(1);
+    t.publish(2);
+    return 3;
+  };
+  tasks.submit("x", twice).get();
+  const auto first = tasks.get_result<int>("x");
+  tasks.submit("x", twice).get();
+  const auto second = tasks.get_result<int>("x");
+  REQUIRE(first);
+  REQUIRE(second);
+  CHECK(second->sequence == first->sequence);
+  CHECK(second->submitted != first->submitted);
+}
+
 TEST_CASE("publish converts numbers and rejects other types with result_type_mismatch" * doctest::skip(asan_build)) {
   task_manager tasks(with_workers(1));
   auto h = tasks.submit("n", [](task_context& t) {
