@@ -89,6 +89,9 @@ public:
 
   std::atomic<task_status> status{task_status::queued};  ///< stored last by each transition (release)
   std::atomic<task_end> request{task_end::none};         ///< the first cancel request; later ones change nothing
+  /// A newer submission took this record's place under its id in the registry (set under the id's shard lock):
+  /// evicting it later forgets nothing. relaxed: a stale read costs a needless lookup, never a wrong answer.
+  std::atomic<bool> superseded{false};
 
   std::atomic<std::int64_t> finished_coarse_ns{0};  ///< coarse_clock time of the end, for retention
   /// The end time for retention; read it only once the status is final (an acquire load saw it).

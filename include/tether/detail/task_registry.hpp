@@ -64,8 +64,12 @@ public:
     task_record* live = slot ? slot->record : nullptr;
     if (!slot) s.table.reserve_one();  // before admit: once admitted, filing the task must not fail
     admit(live && !live->has_ended() ? live : nullptr);
-    if (slot) s.table.replace(*slot, task);  // a finished record goes; a live one was replaced
-    else s.table.insert(task);
+    if (slot) {  // a finished record goes; a live one was replaced
+      slot->record->superseded.store(true, std::memory_order_relaxed);
+      s.table.replace(*slot, task);
+    } else {
+      s.table.insert(task);
+    }
   }
 
   /// A task ended: keeps its record and evicts what is past the bounds.

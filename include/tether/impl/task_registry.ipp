@@ -74,7 +74,7 @@ TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
     prefetch(victims[i].hash);
   }
   for (std::size_t i = 0; i < due; ++i) {
-    unfile(*victims[i].record);
+    if (!victims[i].record->superseded.load(std::memory_order_relaxed)) unfile(*victims[i].record);
     victims[i].record.reset();  // outside every lock: it may be the last reference
   }
   return due == batch;  // more may be due
@@ -88,8 +88,10 @@ TETHER_DECL std::size_t task_registry::take_victims(kept (&victims)[batch], kept
   for (; due < batch && !retained_.empty() && (due < over || now - retained_.front().ended >= retain_for_); ++due) {
     victims[due] = std::move(retained_.front());
     retained_.pop_front();
-    // Before the record leaves its table (in unfile()), so that a lookup meanwhile finds one or the other.
-    graves_.add(victims[due].hash, now);
+    // Before the record leaves its table (in unfile()), so that a lookup meanwhile finds one or the other. A record
+    // whose id a newer submission holds is not in the table: its id is not gone, and must not take a place among
+    // the newest evictions (an id resubmitted a thousand times would push every other evicted id out).
+    if (!victims[due].record->superseded.load(std::memory_order_relaxed)) graves_.add(victims[due].hash, now);
   }
   // Future victims are as cold as these were. Each retire() asks for one of the step after next, so that every
   // victim's lines are in the cache a step before it goes: one at a time, because asking for a whole step's
