@@ -365,6 +365,14 @@ TEST_CASE("submit rejects an empty id and a zero weight") {
   CHECK(error_of([&] { tasks.submit("w", [] {}, {.weight = 0}); }) == tether::errc::invalid_argument);
 }
 
+TEST_CASE("the manager refuses a stack under 16 KiB and a negative standby_poll") {
+  task_manager::options small = with_workers(1), negative = with_workers(1);
+  small.stack_size = 8 * 1024;
+  negative.standby_poll = std::chrono::microseconds(-1);
+  CHECK(error_of([&] { task_manager tasks(small); }) == tether::errc::invalid_argument);
+  CHECK(error_of([&] { task_manager tasks(negative); }) == tether::errc::invalid_argument);
+}
+
 TEST_CASE("statuses only move forward, as a poller sees them") {
   task_manager tasks(with_workers(2));
   auto h = tasks.submit("steps", [](task_context& t) {
@@ -868,9 +876,12 @@ TEST_CASE("a task submitted while the awake worker is taken starts on an idle wo
           * doctest::timeout(120)) {
   // Regression: submits that found a worker spinning left their tasks to it, and nobody woke the other worker,
   // so the second task waited behind the first. A second submit right behind the first is the common way in.
-  for (unsigned workers : {2u, 4u}) {
+  for (const auto [workers, poll] : {std::pair{2u, 1000}, std::pair{4u, 1000}, std::pair{2u, 0}}) {
     CAPTURE(workers);
-    task_manager tasks(with_workers(workers));
+    CAPTURE(poll);
+    task_manager::options o = with_workers(workers);
+    o.standby_poll = std::chrono::microseconds(poll);  // 0: no standby, every such submit wakes a worker
+    task_manager tasks(o);
     for (int round = 0; round < scaled(200, 2); ++round) {
       thread_gate gate;
       tasks.submit("holder", gate.blocker());
@@ -890,19 +901,25 @@ TEST_CASE("a task submitted while the awake worker is taken starts on an idle wo
 
 TEST_CASE("stress: while one worker is held, a thousand tasks in a row all run on the other" * doctest::timeout(120)) {
   // The held worker is awake, so the other one sleeps as the standby and submits do not wake it: it must find
-  // each task on its own, however the submit and its sleep interleave.
-  task_manager tasks(with_workers(2));
-  thread_gate gate;
-  tasks.submit("holder", gate.blocker());
-  gate.wait_started();
-  int ran = 0;
-  for (int i = 0; i < scaled(1000); ++i) {
-    if (tasks.submit("quick-" + std::to_string(i), [] {}).wait_for(10s) != task_status::succeeded) break;
-    ++ran;
+  // each task on its own, however the submit and its sleep interleave. Without a standby (standby_poll 0), every
+  // submit must wake it instead.
+  for (const int poll : {1000, 0}) {
+    CAPTURE(poll);
+    task_manager::options o = with_workers(2);
+    o.standby_poll = std::chrono::microseconds(poll);
+    task_manager tasks(o);
+    thread_gate gate;
+    tasks.submit("holder", gate.blocker());
+    gate.wait_started();
+    int ran = 0;
+    for (int i = 0; i < scaled(1000); ++i) {
+      if (tasks.submit("quick-" + std::to_string(i), [] {}).wait_for(10s) != task_status::succeeded) break;
+      ++ran;
+    }
+    gate.open();
+    CHECK(ran == scaled(1000));
+    CHECK(tasks.wait("holder", 10s) == task_status::succeeded);
   }
-  gate.open();
-  CHECK(ran == scaled(1000));
-  CHECK(tasks.wait("holder", 10s) == task_status::succeeded);
 }
 
 TEST_CASE("a fiber that a task starts itself wakes from Boost's own sleep after the task ended") {

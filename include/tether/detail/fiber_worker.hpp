@@ -71,16 +71,15 @@ struct pooled_stack {
 /// queue: while one does, a submit needs to signal nobody. At most one sleeping worker stands by while another is
 /// awake: it sleeps for standby_poll at a time and then looks at the queue. While it does, a submit needs to signal
 /// nobody either: the awake worker looks at the queue when its task ends, and if that task is long, the standby
-/// takes the new one within standby_poll. Otherwise a submit wakes a sleeping worker.
+/// takes the new one within standby_poll. Otherwise (or with a standby_poll of 0) a submit wakes a sleeping worker.
 ///
 /// The standby is what lets a busy pool run without wake-ups: a futex wake costs the waker about 10 µs here, and
 /// waking a second worker for every task that the first one would take a microsecond later made a pool of two
 /// workers slower than a pool of one.
 /// **Thread safety:** atomics; see fiber_worker::idle_until() and task_core::wake_one() for the protocol.
 struct idle_workers {
-  /// How long a task may wait behind another worker's long task while the standby sleeps.
-  static constexpr std::chrono::microseconds standby_poll{1'000};
-  explicit idle_workers(unsigned worker_count) noexcept : workers(worker_count) {}
+  idle_workers(unsigned worker_count, std::chrono::microseconds poll) noexcept
+      : workers(worker_count), standby_poll(poll) {}
   alignas(64) std::atomic<unsigned> spinning{0};  ///< 0 or 1, but for a moment while two race for the role
   std::atomic<unsigned> sleeping{0};              ///< workers that announced a sleep and can be claimed
   std::atomic<unsigned> standby{0};               ///< 0 or 1: a sleeper that looks at the queue every standby_poll
@@ -88,6 +87,8 @@ struct idle_workers {
   /// to be in the cache still (waking the workers in turn cost about 0.9 µs more per wake-up).
   std::atomic<unsigned> newest_sleeper{0};
   const unsigned workers;
+  /// How long a task may wait behind another worker's long task while the standby sleeps; 0: no standby.
+  const std::chrono::microseconds standby_poll;
 };
 
 /// Where a worker gets its tasks: the task manager.

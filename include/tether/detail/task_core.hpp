@@ -27,6 +27,7 @@ struct task_core_settings {
   std::chrono::seconds retain_for{600};
   std::size_t max_retained = 100'000;
   std::size_t stack_size = 128 * 1024;
+  std::chrono::microseconds standby_poll{1'000};
 };
 
 /// Everything behind tether::task_manager. Every task reaches exactly one final status: the worker that ran it

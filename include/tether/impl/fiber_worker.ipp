@@ -255,10 +255,10 @@ TETHER_DECL void fiber_worker::idle_until(steady_clock::time_point until) noexce
   const unsigned asleep = pool_idle_.sleeping.fetch_add(1, std::memory_order_seq_cst) + 1;
   // While another worker is awake, stand by for it (if nobody does yet): see idle_workers.
   unsigned none = 0;
-  const bool standby = asleep < pool_idle_.workers &&
+  const bool standby = asleep < pool_idle_.workers && pool_idle_.standby_poll.count() != 0 &&
                        pool_idle_.standby.compare_exchange_strong(none, 1, std::memory_order_seq_cst);
   const auto parked_at = steady_clock::now();
-  const auto deadline = standby ? std::min(until, parked_at + idle_workers::standby_poll) : until;
+  const auto deadline = standby ? std::min(until, parked_at + pool_idle_.standby_poll) : until;
   const bool woken = !something_to_do() && parker_.park_until(deadline, std::chrono::nanoseconds::zero());
   // seq_cst, before the next look at the queue (the dispatcher's): a submit that saw us stand by left its task
   // to us.

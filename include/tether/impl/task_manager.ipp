@@ -41,7 +41,9 @@ TETHER_DECL void refuse_self_wait(const task_record& task, std::string_view api)
 // ---- task_core -----------------------------------------------------------------------------------------------
 
 TETHER_DECL task_core::task_core(const task_core_settings& settings)
-    : queue_(settings.limits), registry_(settings.retain_for, settings.max_retained), idle_(settings.workers) {
+    : queue_(settings.limits),
+      registry_(settings.retain_for, settings.max_retained),
+      idle_(settings.workers, settings.standby_poll) {
   workers_.reserve(settings.workers);
   for (unsigned i = 0; i < settings.workers; ++i)
     workers_.push_back(std::make_unique<fiber_worker>(*this, idle_, i, settings.stack_size));
@@ -222,6 +224,7 @@ inline task_core_settings settings_from(const task_manager::options& opts) {
   s.retain_for = opts.retain_for;
   s.max_retained = opts.max_retained;
   s.stack_size = opts.stack_size;
+  s.standby_poll = opts.standby_poll;
   return s;
 }
 }  // namespace detail
@@ -229,6 +232,9 @@ inline task_core_settings settings_from(const task_manager::options& opts) {
 TETHER_DECL task_manager::task_manager() : task_manager(options{}) {}
 
 TETHER_DECL task_manager::task_manager(options opts) {
+  if (opts.standby_poll < std::chrono::microseconds::zero())
+    detail::raise(errc::invalid_argument, "tether::task_manager: standby_poll is {} microseconds; give 0 or more",
+                  opts.standby_poll.count());
   if (opts.stack_size < 16 * 1024)
     detail::raise(errc::invalid_argument, "tether::task_manager: stack_size {} is too small; give at least 16384 bytes",
           opts.stack_size);
