@@ -81,7 +81,7 @@ TETHER_DECL task_record* fair_queue::pop_locked() noexcept {
   if (!turn_) return nullptr;
   queue_group& g = *turn_;
   task_record& t = *g.queued.front();
-  t.prefetch_for_run();
+  t.prefetch_lines();
   g.queued.erase(t);
   --g.queued_count;
   --total_;
@@ -95,7 +95,7 @@ TETHER_DECL task_record* fair_queue::pop_locked() noexcept {
     turn_ = g.ring_next;
   }
   queued_.store(total_, std::memory_order_seq_cst);
-  if (turn_) turn_->queued.front()->prefetch_for_run();  // most likely the next task a worker takes
+  if (turn_) turn_->queued.front()->prefetch_lines();  // most likely the next task a worker takes
   return &t;
 }
 
