@@ -124,9 +124,15 @@ private:
 
   /// Keeps `incoming` (when given) and evicts one batch of what is past the bounds; true when more may be due.
   TETHER_DECL bool evict_batch(kept* incoming, time_point now);
+  /// A record taken out of retention, with the reference retention held. Trivial, so that a batch of them costs
+  /// nothing to set up: every retire() has one, and most take out nothing.
+  struct victim {
+    task_record* record;
+    std::uint64_t hash;
+  };
   /// Under the retention lock: keeps `incoming`, takes up to a batch of records due for eviction into `victims`
   /// and remembers their ids as evicted; returns how many.
-  TETHER_DECL std::size_t take_victims(kept (&victims)[batch], kept* incoming, time_point now);
+  TETHER_DECL std::size_t take_victims(victim (&victims)[batch], kept* incoming, time_point now);
   /// Takes `task` out of its shard's table, unless a newer submission has its id now.
   TETHER_DECL void unfile(const task_record& task) noexcept;
 

@@ -66,7 +66,7 @@ TETHER_DECL void task_registry::retire(task_record& task) {
 TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
   // The retention lock only moves entries in and out of the queue and the graveyard; the table work of an eviction
   // happens under the record's shard lock alone, so that two workers retiring at once rarely wait for each other.
-  kept victims[batch];
+  victim victims[batch];
   const std::size_t due = take_victims(victims, incoming, now);
   // take_victims() asked for each of these a step ahead; after a quiet spell (no step ahead) they are cold: ask for
   // all of them first, so that the misses overlap. Lines already in the cache cost next to nothing here.
@@ -76,18 +76,18 @@ TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
   }
   for (std::size_t i = 0; i < due; ++i) {
     if (!victims[i].record->superseded.load(std::memory_order_relaxed)) unfile(*victims[i].record);
-    victims[i].record.reset();  // outside every lock: it may be the last reference
+    intrusive_ptr_release(victims[i].record);  // retention's reference, outside every lock: it may be the last
   }
   return due == batch;  // more may be due
 }
 
-TETHER_DECL std::size_t task_registry::take_victims(kept (&victims)[batch], kept* incoming, time_point now) {
+TETHER_DECL std::size_t task_registry::take_victims(victim (&victims)[batch], kept* incoming, time_point now) {
   std::lock_guard lock(retention_lock_);
   if (incoming) retained_.push_back(std::move(*incoming));
   const std::size_t over = over_bound(retained_.size());
   std::size_t due = 0;
   for (; due < batch && !retained_.empty() && (due < over || now - retained_.front().ended >= retain_for_); ++due) {
-    victims[due] = std::move(retained_.front());
+    victims[due] = {retained_.front().record.detach(), retained_.front().hash};
     retained_.pop_front();
     // Before the record leaves its table (in unfile()), so that a lookup meanwhile finds one or the other. A record
     // whose id a newer submission holds is not in the table: its id is not gone, and must not take a place among
