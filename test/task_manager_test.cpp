@@ -876,7 +876,7 @@ TEST_CASE("a task submitted while the awake worker is taken starts on an idle wo
           * doctest::timeout(120)) {
   // Regression: submits that found a worker spinning left their tasks to it, and nobody woke the other worker,
   // so the second task waited behind the first. A second submit right behind the first is the common way in.
-  for (const auto [workers, poll] : {std::pair{2u, 1000}, std::pair{4u, 1000}, std::pair{2u, 0}}) {
+  for (const auto& [workers, poll] : {std::pair{2u, 1000}, std::pair{4u, 1000}, std::pair{2u, 0}}) {
     CAPTURE(workers);
     CAPTURE(poll);
     task_manager::options o = with_workers(workers);
