@@ -233,7 +233,8 @@ double start_latency_us(Pool& pool) {
   const auto t0 = clock_type::now();
   pool.post([&] { started.store(clock_type::now().time_since_epoch().count(), std::memory_order_release); });
   std::int64_t at = 0;
-  while ((at = started.load(std::memory_order_acquire)) == 0) __builtin_ia32_pause();  // x86: the machines we measure on
+  // x86: the machines we measure on.
+  while ((at = started.load(std::memory_order_acquire)) == 0) __builtin_ia32_pause();
   return static_cast<double>(at - t0.time_since_epoch().count()) / 1000.0;
 }
 
