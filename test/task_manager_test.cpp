@@ -591,7 +591,8 @@ TEST_CASE("stress: the memory bound on evicted ids holds while several threads e
 
 TEST_CASE("the graveyard finds exactly an id's latest eviction among the newest bound, and holds at most 5/4") {
   // Against a model: for each hash, the number of its latest eviction; it must be found, with that eviction's time,
-  // exactly when it is among the newest `bound`. Ids repeat (a few of them often), and 0 is among the hashes.
+  // exactly when it is among the newest `bound`. Ids repeat (a few of them often), and 0 is among the hashes. All
+  // within keep_for, so generations turn over by count only.
   using tether::detail::graveyard;
   using when = graveyard::time_point;
   std::mt19937_64 rng(7);
@@ -599,7 +600,7 @@ TEST_CASE("the graveyard finds exactly an id's latest eviction among the newest 
     for (const std::uint64_t ids : {3u, 50u, 100'000u}) {
       CAPTURE(bound);
       CAPTURE(ids);
-      graveyard graves(bound);
+      graveyard graves(bound, std::chrono::hours(1));
       std::map<std::uint64_t, long> latest;  // hash -> its latest eviction number
       long evictions = 0;
       std::size_t most = 0;
@@ -622,12 +623,70 @@ TEST_CASE("the graveyard finds exactly an id's latest eviction among the newest 
   }
 }
 
-TEST_CASE("the graveyard takes a bound of any size without wrapping around") {
-  // max_retained = SIZE_MAX (keep results by time only) once made a generation of 0 ids that never turned over.
-  tether::detail::graveyard graves(std::numeric_limits<std::size_t>::max());
-  for (std::uint64_t i = 1; i <= 100; ++i) graves.add(i, {});
-  CHECK(graves.size() == 100);
-  CHECK(graves.find(1));
+TEST_CASE("the graveyard keeps the newest bound that have not expired, also when generations turn over by time") {
+  // Evictions come in bursts and lulls, so that some generations turn over by time (keep_for 1,000 ticks) and then
+  // fill by count: an eviction among the newest `bound` that is younger than keep_for must still be found.
+  using tether::detail::graveyard;
+  using when = graveyard::time_point;
+  std::mt19937_64 rng(11);
+  for (const std::size_t bound : {4u, 64u, 1024u}) {
+    CAPTURE(bound);
+    const auto keep_for = std::chrono::nanoseconds(1'000);
+    graveyard graves(bound, keep_for);
+    std::vector<std::pair<std::uint64_t, long>> log;  // hash and time of each eviction
+    long now = 0;
+    int wrong = 0;
+    std::size_t most = 0;
+    for (int i = 0; i < 20'000; ++i) {
+      now += rng() % 8 == 0 ? static_cast<long>(rng() % 600) : 0;  // a lull now and then, else a burst
+      const std::uint64_t hash = (rng() % 100'000 + 1) * 0x9e3779b97f4a7c15ULL;
+      graves.add(hash, when(std::chrono::nanoseconds(now)));
+      log.emplace_back(hash, now);
+      most = std::max(most, graves.size());
+      if (i % 997 != 0) continue;
+      // Each id's latest eviction among the newest `bound` must be found, unless it is older than keep_for.
+      std::map<std::uint64_t, long> newest;
+      for (std::size_t k = log.size(); k > 0 && log.size() - k < bound; --k)
+        newest.emplace(log[k - 1].first, log[k - 1].second);  // the first seen, going back, is the latest
+      for (const auto& [h, at] : newest) {
+        if (now - at >= keep_for.count()) continue;  // expired: found or not, it reads unknown
+        const auto found = graves.find(h);
+        if (!found || *found != when(std::chrono::nanoseconds(at))) ++wrong;
+      }
+    }
+    CHECK(wrong == 0);
+    CHECK(most <= 2 * bound + 4);
+  }
+}
+
+TEST_CASE("after generations turned over by time, a burst does not push out an eviction the bound still keeps") {
+  // Bound 8 (two ids a generation), keep_for 1,000 ticks. Ids 1 to 4 come 300 ticks apart, so each starts a
+  // generation of its own by time; then a burst of four at 950. Id 1 is then among the newest 8 evictions and 950
+  // ticks old: it must still be found, although its generation is the oldest and the newest is full.
+  using tether::detail::graveyard;
+  const auto at = [](long n) { return graveyard::time_point(std::chrono::nanoseconds(n)); };
+  graveyard graves(8, std::chrono::nanoseconds(1'000));
+  for (std::uint64_t id = 1; id <= 4; ++id) graves.add(id, at(static_cast<long>(id - 1) * 300));
+  for (std::uint64_t id = 5; id <= 8; ++id) graves.add(id, at(950));
+  for (std::uint64_t id = 1; id <= 8; ++id) {
+    CAPTURE(id);
+    CHECK(graves.find(id));
+  }
+  CHECK(*graves.find(1) == at(0));
+}
+
+TEST_CASE("the graveyard takes a bound of any size, and then holds only what keep_for needs") {
+  // max_retained = SIZE_MAX (results kept by time only) once made a generation of 0 ids that never turned over.
+  // Generations then turn over by time alone: 100,000 evictions, one per tick, keep_for 100 ticks.
+  tether::detail::graveyard graves(std::numeric_limits<std::size_t>::max(), std::chrono::nanoseconds(100));
+  std::size_t most = 0;
+  for (std::uint64_t i = 1; i <= 100'000; ++i) {
+    graves.add(i, tether::detail::graveyard::time_point(std::chrono::nanoseconds(i)));
+    most = std::max(most, graves.size());
+  }
+  CHECK(graves.find(100'000));
+  CHECK(graves.find(99'950));
+  CHECK(most <= 300);  // about two keep_for's worth, not every id ever evicted
 }
 
 TEST_CASE("name_hash spreads ids evenly over the id tables' low bits and the registry's shards") {

@@ -20,37 +20,51 @@ namespace tether::inline v1::detail {
 ///
 /// Evictions go into the newest of five generations, each a flat hash table for a quarter of the bound. When the
 /// newest has that many ids, the oldest generation becomes the newest and what it held counts as gone: an entry
-/// belongs to its generation only if its eviction number is at least the generation's first. So forgetting costs
+/// belongs to its generation only if its eviction number is at least the generation's first. It also turns over
+/// when the newest has spanned a quarter of `keep_for` and everything in the oldest is older than `keep_for` (it
+/// reads as unknown by then anyway), so that with a bound that is never reached (results kept by time only) only
+/// the ids evicted in about the last two `keep_for` are held. The oldest gives way only when nothing it holds can
+/// still be needed, so between bound and twice the bound are held once the bound was reached (five quarters when
+/// only the count turns generations over). So forgetting costs
 /// nothing, neither per id (a tombstone object per id, as before, cost an allocation, a copy of the id and a
 /// second cold lookup in the id table to take it out again) nor per generation (nothing is cleared). Each entry
 /// keeps its eviction's number, so that find() still sees exactly the newest `bound`. A generation's table grows
 /// as it fills, to at most four slots of 24 bytes per id it may hold, and is kept for its next turn: 7.9 MB for a
-/// bound of 100,000, and no more than the ids evicted need for a bound that is never reached.
+/// bound of 100,000. Doubling a table copies what it holds, under the caller's lock: about 1 ms at that bound, and
+/// 0.1 s for a bound of 10 million, once per generation while the tables grow to their size.
 /// **Thread safety:** none; the task registry's retention lock guards it.
 class graveyard {
 public:
   using time_point = coarse_clock::time_point;
 
-  explicit graveyard(std::size_t bound) noexcept
-      : bound_(std::max<std::size_t>(bound, 1)), per_generation_(bound_ / 4 + (bound_ % 4 != 0)) {}
+  /// `bound`: how many of the newest evictions are remembered; `keep_for`: how long an eviction counts (older ones
+  /// are not found by the task registry, which checks the time).
+  graveyard(std::size_t bound, coarse_clock::duration keep_for) noexcept
+      : bound_(std::max<std::size_t>(bound, 1)),
+        per_generation_(bound_ / 4 + (bound_ % 4 != 0)),
+        keep_for_(keep_for),
+        span_(keep_for / 4) {}
   graveyard(const graveyard&) = delete;
   graveyard& operator=(const graveyard&) = delete;
 
   /// Records that the id with this hash was evicted `at`. Without memory for a generation's table, the id may not
   /// be remembered (it reads as unknown instead of expired).
   void add(std::uint64_t hash, time_point at) noexcept {
-    if (generations_[newest_].count == per_generation_) {
+    const std::uint64_t number = added_++;  // counted even when not remembered, so the window stays exact
+    if (turn_due(at)) {
       newest_ = (newest_ + 1) % generations;
       generations_[newest_].count = 0;
-      generations_[newest_].first = added_;  // what it held is stale from here
+      generations_[newest_].first = number;  // what it held is stale from here
     }
     generation& g = generations_[newest_];
+    if (g.count == 0) g.first_at = at;
+    g.last_at = at;
     if (2 * (g.count + 1) > g.capacity && !g.grow() && g.count + 1 >= g.capacity) return;
     const std::uint64_t key = key_of(hash);
     // Stops at the id, or at a free slot: within a generation nothing is removed, so an id is never past one.
     entry* e = g.probe(key);
     if (!g.holds(*e)) ++g.count;
-    *e = {key, added_++, at};  // the same id evicted again within a generation: the newer eviction counts
+    *e = {key, number, at};  // the same id evicted again within a generation: the newer eviction counts
   }
 
   /// When the id with this hash was evicted, if that is among the newest `bound` evictions.
@@ -73,7 +87,8 @@ public:
     if (g.capacity != 0) __builtin_prefetch(g.slots.get() + (key_of(hash) & (g.capacity - 1)), 1);
   }
 
-  /// Ids held: at most five times a quarter of the bound (rounded up), and at least the bound once it was reached.
+  /// Ids held: at least the bound once it was reached, at most twice the bound (five times a quarter of it, rounded
+  /// up, when generations turn over by count only).
   std::size_t size() const noexcept {
     std::size_t n = 0;
     for (const generation& g : generations_) n += g.count;
@@ -97,6 +112,7 @@ private:
     std::size_t capacity = 0;                    ///< a power of two, or 0
     std::size_t count = 0;                       ///< ids it holds
     std::uint64_t first = 0;                     ///< the first eviction number it holds
+    time_point first_at{}, last_at{};            ///< when its first and its latest id were evicted
 
     bool holds(const entry& e) const noexcept { return e.key != 0 && e.number >= first; }
 
@@ -126,8 +142,21 @@ private:
 
   static std::uint64_t key_of(std::uint64_t hash) noexcept { return hash != 0 ? hash : 1; }
 
+  /// Whether the oldest generation gives way: the newest is full or has spanned a quarter of keep_for, and nothing
+  /// the oldest holds can still be needed (it has expired, or the other four hold the newest `bound` without it).
+  bool turn_due(time_point at) const noexcept {
+    const generation& g = generations_[newest_];
+    const bool full = g.count >= per_generation_;
+    if (!full && (g.count == 0 || at - g.first_at < span_)) return false;
+    const generation& oldest = generations_[(newest_ + 1) % generations];
+    if (oldest.count == 0 || at - oldest.last_at >= keep_for_) return true;
+    // After generations that turned over by time, the others may hold fewer: the newest then grows instead.
+    return full && size() - oldest.count >= bound_;
+  }
+
   const std::size_t bound_;
   const std::size_t per_generation_;  // at least 1; the newest `bound` always fit in four of them
+  const coarse_clock::duration keep_for_, span_;
   std::array<generation, generations> generations_;
   std::size_t newest_ = 0;
   std::uint64_t added_ = 0;  // evictions so far

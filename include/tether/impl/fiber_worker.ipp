@@ -258,7 +258,10 @@ TETHER_DECL void fiber_worker::idle_until(steady_clock::time_point until) noexce
   const bool standby = asleep < pool_idle_.workers && pool_idle_.standby_poll.count() != 0 &&
                        pool_idle_.standby.compare_exchange_strong(none, 1, std::memory_order_seq_cst);
   const auto parked_at = steady_clock::now();
-  const auto deadline = standby ? std::min(until, parked_at + pool_idle_.standby_poll) : until;
+  // Compared in its own unit before it is added: a poll of centuries would overflow the clock's nanoseconds.
+  const bool poll_first =
+      standby && pool_idle_.standby_poll < std::chrono::duration_cast<std::chrono::microseconds>(until - parked_at);
+  const auto deadline = poll_first ? parked_at + pool_idle_.standby_poll : until;
   const bool woken = !something_to_do() && parker_.park_until(deadline, std::chrono::nanoseconds::zero());
   // seq_cst, before the next look at the queue (the dispatcher's): a submit that saw us stand by left its task
   // to us.

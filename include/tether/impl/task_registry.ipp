@@ -11,11 +11,12 @@
 namespace tether::inline v1::detail {
 
 TETHER_DECL task_registry::task_registry(std::chrono::seconds retain_for, std::size_t max_retained)
-    : retain_for_(retain_for),
+    // In the clocks' nanoseconds, from 0 to a century: "for ever" (seconds::max()) must not overflow.
+    : retain_for_(std::clamp<std::chrono::seconds>(retain_for, {}, std::chrono::hours(24 * 36525))),
       max_retained_(max_retained),
       step_(step_for(max_retained)),
       shards_(make_shards(hints_, std::make_index_sequence<shard_count>())),
-      graves_(std::max<std::size_t>(max_retained, 1024)) {}
+      graves_(std::max<std::size_t>(max_retained, 1024), retain_for_) {}
 
 TETHER_DECL task_registry::~task_registry() {
   // A full registry holds max_retained cold records: overlap their cache misses (the tables do the same).
