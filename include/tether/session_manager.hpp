@@ -141,7 +141,8 @@ public:
   TETHER_DECL std::size_t active() const noexcept;
 
   /// Asks the application, once per heartbeat tick of each active session and just before its on_heartbeat, whether
-  /// the session is still alive; false ends it with `probe_failed`. A probe that throws is reported and counts as alive.
+  /// the session is still alive; false ends it with `probe_failed`. A probe that throws is reported and counts as
+  /// alive.
   TETHER_DECL void set_probe(std::function<bool(std::string_view id)> probe);
   /// Runs on every transition from no session to one (before that session's on_start).
   TETHER_DECL void on_first_session(std::function<void()> fn);

@@ -251,7 +251,8 @@ template <class R>
 std::optional<task_result<R>> task_manager::get_result(std::string_view id) const {
   const detail::task_registry::found found = core_->find(id);
   if (!found.record) return std::nullopt;
-  if (found.record->result_type() != typeid(R)) detail::raise_result_mismatch(*found.record, typeid(R), "tether::task_manager::get_result");
+  if (found.record->result_type() != typeid(R))
+    detail::raise_result_mismatch(*found.record, typeid(R), "tether::task_manager::get_result");
   std::optional<task_result<R>> out(std::in_place);
   static_cast<const detail::typed_record<R>&>(*found.record).snapshot(*out);
   return out;

@@ -99,7 +99,9 @@ public:
   void wake_up() noexcept { head_.fetch_and(~sleeping_bit, std::memory_order_relaxed); }  // relaxed: as above
 
   /// Pending jobs or closed (seq_cst: for wakeup_fd()'s creation, which stands in for pushes that saw no fd).
-  bool anything_pending() const noexcept { return (head_.load(std::memory_order_seq_cst) & ~sleeping_bit) != 0 || has_ready(); }
+  bool anything_pending() const noexcept {
+    return (head_.load(std::memory_order_seq_cst) & ~sleeping_bit) != 0 || has_ready();
+  }
 
 private:
   static constexpr std::uintptr_t sleeping_bit = 1, closed_bit = 2, flag_bits = 3;

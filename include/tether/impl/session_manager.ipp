@@ -249,7 +249,9 @@ TETHER_DECL void session_manager::set_probe(std::function<bool(std::string_view)
   core_->set_probe(std::move(probe));
 }
 
-TETHER_DECL void session_manager::on_first_session(std::function<void()> fn) { core_->set_first_session(std::move(fn)); }
+TETHER_DECL void session_manager::on_first_session(std::function<void()> fn) {
+  core_->set_first_session(std::move(fn));
+}
 TETHER_DECL void session_manager::on_idle(std::function<void()> fn) { core_->set_idle(std::move(fn)); }
 
 TETHER_DECL void session_manager::set_error_handler(

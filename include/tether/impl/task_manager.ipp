@@ -61,7 +61,8 @@ TETHER_DECL task_core::~task_core() {
 
 TETHER_DECL void task_core::submit(task_record& task, on_duplicate duplicate) {
   scrub_fiber_stack();  // submit may throw, and may be called from a task
-  if (task.id.empty()) raise(errc::invalid_argument, "tether::task_manager::submit: a task needs an id, got '{}'", task.id);
+  if (task.id.empty())
+    raise(errc::invalid_argument, "tether::task_manager::submit: a task needs an id, got '{}'", task.id);
   if (task.weight == 0)
     raise(errc::invalid_argument, "tether::task_manager::submit: task '{}' has weight 0; weights start at 1", task.id);
   // Checked first so that after shutdown() every submit says so, not duplicate_task; push() checks again.
@@ -210,8 +211,9 @@ TETHER_DECL shutdown_report task_core::shutdown(shutdown_mode mode) {
 
 TETHER_DECL void task_context::publish_mismatch(const std::type_info& published) const {
   detail::scrub_fiber_stack();
-  detail::raise(errc::result_type_mismatch, "tether::task_context::publish: task '{}' returns {} and cannot publish a {}",
-        record_.id, boost::core::demangle(record_.result_type().name()), boost::core::demangle(published.name()));
+  detail::raise(errc::result_type_mismatch,
+                "tether::task_context::publish: task '{}' returns {} and cannot publish a {}", record_.id,
+                boost::core::demangle(record_.result_type().name()), boost::core::demangle(published.name()));
 }
 
 // ---- task_manager --------------------------------------------------------------------------------------------
