@@ -189,6 +189,14 @@ void run_batch(Pool& pool, int count) {
   all.get_future().wait();
 }
 
+/// Seconds that one run_batch() takes.
+template <class Pool>
+double timed_batch(Pool& pool, int count) {
+  const auto t0 = clock_type::now();
+  run_batch(pool, count);
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
 /// Posts `count` no-op tasks to a pool made once per benchmark (as an application keeps one) and waits until every
 /// one ran; items_per_second is the throughput. A first batch, not timed, warms every pool alike; tether's ids keep
 /// growing, so from then on it runs at its retention bound: each task that ends evicts an older result. Making and
@@ -199,11 +207,7 @@ void throughput(benchmark::State& state, const std::string& name) {
   Pool pool;
   run_batch(pool, count);  // not timed: every peer warms up alike, and tether reaches its retention bound
   double seconds = 0;
-  for (auto _ : state) {
-    const auto t0 = clock_type::now();
-    run_batch(pool, count);
-    seconds += std::chrono::duration<double>(clock_type::now() - t0).count();
-  }
+  for (auto _ : state) seconds += timed_batch(pool, count);
   state.SetItemsProcessed(state.iterations() * count);
   const double rate = static_cast<double>(state.iterations() * count) / seconds;
   state.counters["tasks_per_s"] = rate;
@@ -318,11 +322,7 @@ void throughput_paired(benchmark::State& state) {
   asio_pool asio;
   tether_pool tether;
   run_batch(tether, count);  // to the retention bound before anything is measured
-  const auto rate = [count](auto& pool) {
-    const auto t0 = clock_type::now();
-    run_batch(pool, count);
-    return count / std::chrono::duration<double>(clock_type::now() - t0).count();
-  };
+  const auto rate = [count](auto& pool) { return count / timed_batch(pool, count); };
   std::vector<double> asio_rate, tether_rate;
   for (auto _ : state) {
     asio_rate.push_back(rate(asio));
