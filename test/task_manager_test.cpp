@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <sys/wait.h>
@@ -412,6 +413,36 @@ TEST_CASE("info tells unknown ids from expired ones, and wait throws accordingly
   CHECK(error_of([&] { tasks.wait("never", 1s); }) == tether::errc::unknown_task);
   CHECK(tasks.wait("second", 1s) == task_status::succeeded);
   CHECK(tasks.cancel("first") == tether::cancel_outcome::already_finished);
+}
+
+TEST_CASE("stress: times stay in order when a worker goes straight from one task to the next") {
+  // A worker that goes on to the next task uses the end time of one as the start time of the other. Two producers
+  // keep the one worker's queue short, so that a task is often submitted just after the previous one ended.
+  task_manager tasks(with_workers(1));
+  constexpr int per_producer = 20'000;
+  std::vector<std::thread> producers;
+  for (int p = 0; p < 2; ++p)
+    producers.emplace_back([&, p] {
+      for (int i = 0; i < per_producer; ++i) tasks.submit(std::to_string(p) + "-" + std::to_string(i), [] {});
+    });
+  for (std::thread& t : producers) t.join();
+  std::vector<tether::task_info> infos;
+  for (int p = 0; p < 2; ++p)
+    for (int i = 0; i < per_producer; ++i) {
+      const std::string id = std::to_string(p) + "-" + std::to_string(i);
+      REQUIRE(tasks.wait(id, std::chrono::minutes(5)) == task_status::succeeded);
+      infos.push_back(tasks.info(id));
+    }
+  std::sort(infos.begin(), infos.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.started, a.finished) < std::tie(b.started, b.finished);
+  });
+  int out_of_order = 0;
+  for (std::size_t i = 0; i < infos.size(); ++i) {
+    out_of_order += infos[i].started < infos[i].submitted || infos[i].finished < infos[i].started;
+    // One worker runs one task at a time.
+    if (i > 0) out_of_order += infos[i].started < infos[i - 1].finished;
+  }
+  CHECK(out_of_order == 0);
 }
 
 TEST_CASE("a finished result past retain_for reads as expired") {

@@ -114,10 +114,10 @@ public:
   bool claim_drop() noexcept { return claim(drop_claimed); }
   /// True once a worker claimed the start (acquire: read after `done`, it orders nothing else).
   bool was_started() const noexcept { return claim_.load(std::memory_order_acquire) == start_claimed; }
-  /// queued → running, by the worker that claimed the start.
-  TETHER_DECL void mark_started() noexcept;
-  /// The final status, once, by whoever ended the task; the caller sets `done` afterwards.
-  TETHER_DECL void finish(task_status final_status, std::exception_ptr error) noexcept;
+  /// queued → running at `at`, by the worker that claimed the start.
+  TETHER_DECL void mark_started(std::chrono::system_clock::time_point at) noexcept;
+  /// The final status, once, by whoever ended the task; the caller sets `done` afterwards. Returns the end time.
+  TETHER_DECL std::chrono::system_clock::time_point finish(task_status final_status, std::exception_ptr error) noexcept;
   /// progress(): a fraction in [0, 1] and a message; bumps the sequence.
   TETHER_DECL void set_progress(double fraction, std::string_view message);
   /// Copies the state shared by task_result and task_info.

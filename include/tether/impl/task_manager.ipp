@@ -148,28 +148,41 @@ TETHER_DECL std::size_t task_core::cancel_matching(const std::function<bool(std:
 TETHER_DECL bool task_core::run_one(fiber_worker& worker) noexcept {
   ref<task_record> task = queue_.pop();
   if (!task) return false;
+  bool mine = claim_and_start(*task, std::chrono::system_clock::now());
   while (task) {
-    // More is queued than this worker takes now: pass the work on to an idle worker, as a submit would have,
-    // since the submit may have left it to us (we were spinning then).
-    if (queue_.queued() != 0) wake_one();
-    // A cancel may have claimed the task since the pop; then it has ended it, and only the queue's part is ours.
-    const bool mine = task->claim_start();
-    if (mine) run(*task, worker);
+    std::chrono::system_clock::time_point ended;
+    if (mine) ended = run(*task, worker);
     // Going on with the next task takes the queue's lock once for both; other ready fibers go first, though.
     ref<task_record> next;
     if (worker.take_another()) next = queue_.finish_and_pop(*task);
     else queue_.finish(*task);
+    // The next task starts before this one's bookkeeping below, and the end time of the one is the start time of
+    // the other: a system_clock read costs about a tenth of a no-op task here, and this saves one per task in a
+    // row. Never before its submission, though: it may have been queued after this task's end time was read.
+    bool next_mine = false;
+    if (next)
+      next_mine = claim_and_start(*next, mine ? std::max(ended, next->submitted) : std::chrono::system_clock::now());
     if (mine) {
       registry_.retire(*task);
       task->done.set();  // last: whoever sees the end also sees the retention bookkeeping done
     }
     task = std::move(next);
+    mine = next_mine;
   }
   return true;
 }
 
-TETHER_DECL void task_core::run(task_record& task, fiber_worker& worker) noexcept {
-  task.mark_started();
+TETHER_DECL bool task_core::claim_and_start(task_record& task, std::chrono::system_clock::time_point at) noexcept {
+  // More is queued than this worker takes now: pass the work on to an idle worker, as a submit would have, since
+  // the submit may have left it to us (we were spinning then).
+  if (queue_.queued() != 0) wake_one();
+  // A cancel may have claimed the task since the pop; then it has ended it, and only the queue's part is ours.
+  if (!task.claim_start()) return false;
+  task.mark_started(at);
+  return true;
+}
+
+TETHER_DECL std::chrono::system_clock::time_point task_core::run(task_record& task, fiber_worker& worker) noexcept {
   task_context context(task);
   worker.set_current_task(&context);
   std::exception_ptr error;
@@ -177,7 +190,7 @@ TETHER_DECL void task_core::run(task_record& task, fiber_worker& worker) noexcep
       [&] { return invoke_in(task.ctx, [&] { return task.run(context, error); }); }, "tether::task_manager worker");
   scrub_fiber_stack();  // what the task's exceptions left behind
   worker.set_current_task(nullptr);
-  task.finish(ended, std::move(error));
+  return task.finish(ended, std::move(error));
 }
 
 TETHER_DECL shutdown_report task_core::shutdown(shutdown_mode mode) {

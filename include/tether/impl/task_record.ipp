@@ -60,14 +60,15 @@ TETHER_DECL std::stop_token task_record::stop_token() const noexcept {
   return source.get_token();
 }
 
-TETHER_DECL void task_record::mark_started() noexcept {
+TETHER_DECL void task_record::mark_started(std::chrono::system_clock::time_point at) noexcept {
   // No lock: the start time is the only field besides the status, and readers take it after the status.
   // relaxed: its partner is the release store of `status` just below.
-  started_ns_.store(std::chrono::system_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  started_ns_.store(at.time_since_epoch().count(), std::memory_order_relaxed);
   status.store(task_status::running, std::memory_order_release);
 }
 
-TETHER_DECL void task_record::finish(task_status final_status, std::exception_ptr error) noexcept {
+TETHER_DECL std::chrono::system_clock::time_point task_record::finish(task_status final_status,
+                                                                      std::exception_ptr error) noexcept {
   const auto coarse_now = coarse_clock::now().time_since_epoch();
   const auto now = std::chrono::system_clock::now();
   std::string text;
@@ -88,6 +89,7 @@ TETHER_DECL void task_record::finish(task_status final_status, std::exception_pt
   // relaxed: its partner is the release store of `status` below.
   finished_coarse_ns.store(coarse_now.count(), std::memory_order_relaxed);
   status.store(final_status, std::memory_order_release);
+  return now;
 }
 
 TETHER_DECL void task_record::set_progress(double fraction, std::string_view message) {
