@@ -74,8 +74,8 @@ private:
   TETHER_DECL void end_unstarted(task_record& task) noexcept;
   /// Runs a task whose start the caller claimed and marked; returns its end time.
   TETHER_DECL std::chrono::system_clock::time_point run(task_record& task, fiber_worker& worker) noexcept;
-  /// Claims the start of a task that this worker took from the queue, and marks it started at `at`; false when a
-  /// cancel claimed it first.
+  /// Claims the start of a task that this worker took from the queue, and marks it started at `at` (zero: now), or
+  /// at its submission if that is later; false when a cancel claimed it first.
   TETHER_DECL bool claim_and_start(task_record& task, std::chrono::system_clock::time_point at) noexcept;
   /// Drops `task` if no worker has started it (it is then ended, cancelled, and never runs), else asks it to stop
   /// unless it has ended; says which.

@@ -77,8 +77,9 @@ public:
   const std::string group;
   const unsigned weight;
   const tether::context ctx;       ///< the submitter's context, installed around the task
-  /// Wall-clock times are read at each event: a steady clock mapped to wall time would be wrong after a suspend
-  /// (CLOCK_MONOTONIC stops) or a clock step.
+  /// Wall-clock times are read at the events (a steady clock mapped to wall time would be wrong after a suspend, when
+  /// CLOCK_MONOTONIC stops, or a clock step); one read serves as a task's end and the next task's start when a worker
+  /// goes straight on.
   const std::chrono::system_clock::time_point submitted;
 
   // The fair queue's links (its mutex guards them).

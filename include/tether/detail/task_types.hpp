@@ -71,9 +71,9 @@ struct task_fields {
   std::exception_ptr error;         ///< what the task threw (failed tasks)
   std::string error_message;        ///< its what(), or a description when it is not a std::exception
   task_end reason = task_end::none; ///< none while the task has not ended
-  /// Zero when it has not happened. A worker that goes straight on from one task to the next (the queue's lock
-  /// and the first one's bookkeeping in between) reads the clock once for both: the end of the one is the start of
-  /// the other, though never before the other's submission.
+  /// Wall-clock times, zero when it has not happened; submitted <= started <= finished. A worker that goes straight
+  /// on from one task to the next reads the clock once for both: the end of the one is the start of the other, which
+  /// then reads as running while the worker finishes the first one's bookkeeping (see docs/task_manager.md).
   std::chrono::system_clock::time_point submitted, started, finished;
 };
 }  // namespace detail

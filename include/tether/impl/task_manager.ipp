@@ -148,7 +148,7 @@ TETHER_DECL std::size_t task_core::cancel_matching(const std::function<bool(std:
 TETHER_DECL bool task_core::run_one(fiber_worker& worker) noexcept {
   ref<task_record> task = queue_.pop();
   if (!task) return false;
-  bool mine = claim_and_start(*task, std::chrono::system_clock::now());
+  bool mine = claim_and_start(*task, {});
   while (task) {
     std::chrono::system_clock::time_point ended;
     if (mine) ended = run(*task, worker);
@@ -157,11 +157,8 @@ TETHER_DECL bool task_core::run_one(fiber_worker& worker) noexcept {
     if (worker.take_another()) next = queue_.finish_and_pop(*task);
     else queue_.finish(*task);
     // The next task starts before this one's bookkeeping below, and the end time of the one is the start time of
-    // the other: a system_clock read costs about a tenth of a no-op task here, and this saves one per task in a
-    // row. Never before its submission, though: it may have been queued after this task's end time was read.
-    bool next_mine = false;
-    if (next)
-      next_mine = claim_and_start(*next, mine ? std::max(ended, next->submitted) : std::chrono::system_clock::now());
+    // the other: a system_clock read costs about a tenth of a no-op task here, and this saves one per task in a row.
+    const bool next_mine = next && claim_and_start(*next, mine ? ended : std::chrono::system_clock::time_point{});
     if (mine) {
       registry_.retire(*task);
       task->done.set();  // last: whoever sees the end also sees the retention bookkeeping done
@@ -178,7 +175,9 @@ TETHER_DECL bool task_core::claim_and_start(task_record& task, std::chrono::syst
   if (queue_.queued() != 0) wake_one();
   // A cancel may have claimed the task since the pop; then it has ended it, and only the queue's part is ours.
   if (!task.claim_start()) return false;
-  task.mark_started(at);
+  // Never before its submission: it may have been queued after `at` was read, or the clock may have stepped back.
+  task.mark_started(std::max(at == std::chrono::system_clock::time_point{} ? std::chrono::system_clock::now() : at,
+                             task.submitted));
   return true;
 }
 

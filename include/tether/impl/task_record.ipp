@@ -70,7 +70,11 @@ TETHER_DECL void task_record::mark_started(std::chrono::system_clock::time_point
 TETHER_DECL std::chrono::system_clock::time_point task_record::finish(task_status final_status,
                                                                       std::exception_ptr error) noexcept {
   const auto coarse_now = coarse_clock::now().time_since_epoch();
-  const auto now = std::chrono::system_clock::now();
+  // Never before the start (or the submission of a task that never started), should the clock step back. relaxed:
+  // the start was written on this thread, or never.
+  const std::chrono::system_clock::time_point started(
+      std::chrono::system_clock::duration(started_ns_.load(std::memory_order_relaxed)));
+  const auto now = std::max({std::chrono::system_clock::now(), submitted, started});
   std::string text;
   std::unique_ptr<extras> made;  // made before the lock, for the error's text; without memory, the text is lost
   if (error) {
