@@ -81,7 +81,7 @@ public:
   /// Allocates; this context, and every other holder of it, is unchanged.
   template <class T>
   [[nodiscard]] context with(const context_key<T>& key, std::type_identity_t<T> value) const {
-    detail::ref<detail::value_base> box(new detail::value_box<T>(std::move(value)));
+    detail::ref<detail::value_base> box = detail::make_ref<detail::value_box<T>>(std::move(value));
     return context(detail::context_node::derive(node_.get(), key.info_, std::move(box)));
   }
 

@@ -241,8 +241,8 @@ auto task_manager::submit(std::string id, Fn&& fn, task_options opts) {
   // record is made.
   const std::uint64_t hash = detail::name_hash(id);
   core_->prefetch(hash);
-  detail::ref<detail::typed_record<R>> record(new detail::task_body<R, F>(
-      std::forward<Fn>(fn), std::move(id), hash, std::move(opts.group), opts.weight, context::current()));
+  detail::ref<detail::typed_record<R>> record = detail::make_ref<detail::task_body<R, F>>(
+      std::forward<Fn>(fn), std::move(id), hash, std::move(opts.group), opts.weight, context::current());
   core_->submit(*record, opts.duplicate);
   return task_handle<R>(std::move(record), core_.get());
 }

@@ -5,12 +5,14 @@
 #include <tether/config.hpp>
 #include <tether/detail/ref_counted.hpp>
 
+#include <cstddef>
+#include <new>
 #include <optional>
+#include <span>
 #include <stop_token>
 #include <string>
 #include <string_view>
 #include <utility>
-#include <vector>
 
 namespace tether::inline v1::detail {
 
@@ -74,7 +76,8 @@ private:
   std::optional<std::stop_callback<forward_stop>> from_root_;
 };
 
-/// One immutable snapshot: the values by key and, when attached to a lifetime, its revocation.
+/// One immutable snapshot: the values by key and, when attached to a lifetime, its revocation. The entries follow
+/// the node in the same allocation, so that with() allocates twice (the value and this), not three times.
 /// **Thread safety:** immutable after construction.
 class context_node final : public ref_counted {
 public:
@@ -83,12 +86,9 @@ public:
     ref<value_base> value;
   };
 
-  context_node(std::vector<entry> entries, ref<revocation> guard)
-      : entries_(std::move(entries)), guard_(std::move(guard)) {}
-
   /// The value under `key`, or nullptr.
   const value_base* find(const key_info* key) const noexcept {
-    for (const entry& e : entries_)
+    for (const entry& e : entries())
       if (e.key.get() == key) return e.value.get();
     return nullptr;
   }
@@ -104,9 +104,28 @@ public:
   /// Throws context_revoked, naming `key` and the lifetime, when this snapshot is revoked.
   TETHER_DECL void check_readable(const key_info& key) const;
 
+  /// What the node was allocated with (see make()); a delete-expression on a node comes here.
+  static void operator delete(void* p) noexcept { ::operator delete(p); }
+
 private:
-  std::vector<entry> entries_;
+  /// A node with room for `capacity` entries, none made yet; add() fills them.
+  TETHER_DECL static ref<context_node> make(std::size_t capacity, ref<revocation> guard);
+  explicit context_node(ref<revocation> guard) noexcept : guard_(std::move(guard)) {}
+  TETHER_DECL ~context_node() override;
+  void add(ref<key_info> key, ref<value_base> value) noexcept {
+    ::new (static_cast<void*>(after() + size_ * sizeof(entry))) entry{std::move(key), std::move(value)};
+    ++size_;
+  }
+  char* after() const noexcept { return reinterpret_cast<char*>(const_cast<context_node*>(this) + 1); }
+  /// The entries made so far (laundered: they were made in raw memory, not as members).
+  std::span<entry> entries() const noexcept {
+    if (size_ == 0) return {};
+    return {std::launder(reinterpret_cast<entry*>(after())), size_};
+  }
+
   ref<revocation> guard_;
+  std::size_t size_ = 0;  // entries made, in the memory right after this object
 };
+static_assert(sizeof(context_node) % alignof(context_node::entry) == 0, "the entries follow the node, aligned");
 
 }  // namespace tether::inline v1::detail

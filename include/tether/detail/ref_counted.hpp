@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <utility>
 
 namespace tether::inline v1::detail {
 
@@ -19,6 +20,12 @@ public:
   friend void intrusive_ptr_add_ref(const ref_counted* p) noexcept {
     // relaxed: a new reference is made from an existing one, which already orders us after construction.
     p->refs_.fetch_add(1, std::memory_order_relaxed);
+  }
+  /// The first reference to an object that no other thread can see yet: a plain store, not a read-modify-write
+  /// (the locked add waited for the new object's cache line, a miss for recycled memory). See make_ref().
+  friend void take_first_reference(const ref_counted* p) noexcept {
+    // relaxed: whatever publishes the object to another thread orders this store with it.
+    p->refs_.store(1, std::memory_order_relaxed);
   }
   friend void intrusive_ptr_release(const ref_counted* p) noexcept {
     // acq_rel: the last release must see every write made through the other references before deleting.
@@ -34,5 +41,13 @@ private:
 
 template <class T>
 using ref = boost::intrusive_ptr<T>;
+
+/// `new T(args...)` and its first reference, without an atomic read-modify-write.
+template <class T, class... Args>
+ref<T> make_ref(Args&&... args) {
+  T* made = new T(std::forward<Args>(args)...);
+  take_first_reference(made);
+  return ref<T>(made, false);
+}
 
 }  // namespace tether::inline v1::detail

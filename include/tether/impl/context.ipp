@@ -36,20 +36,33 @@ TETHER_DECL const std::string& revocation::revoked_by() const noexcept {
   return outer_->revoked_by();
 }
 
+TETHER_DECL ref<context_node> context_node::make(std::size_t capacity, ref<revocation> guard) {
+  void* memory = ::operator new(sizeof(context_node) + capacity * sizeof(entry));
+  context_node* made = ::new (memory) context_node(std::move(guard));  // noexcept: nothing to undo
+  take_first_reference(made);
+  return ref<context_node>(made, false);
+}
+
+TETHER_DECL context_node::~context_node() {
+  const std::span<entry> made = entries();
+  for (std::size_t i = made.size(); i > 0; --i) made[i - 1].~entry();
+}
+
 TETHER_DECL ref<context_node> context_node::derive(const context_node* base, ref<key_info> key,
                                                    ref<value_base> value) {
-  std::vector<entry> entries;
-  if (base) {
-    entries.reserve(base->entries_.size() + 1);
-    for (const entry& e : base->entries_)
-      if (e.key != key) entries.push_back(e);
-  }
-  entries.push_back({std::move(key), std::move(value)});
-  return ref<context_node>(new context_node(std::move(entries), base ? base->guard_ : nullptr));
+  ref<context_node> node = make((base ? base->size_ : 0) + 1, base ? base->guard_ : nullptr);
+  if (base)
+    for (const entry& e : base->entries())
+      if (e.key != key) node->add(e.key, e.value);
+  node->add(std::move(key), std::move(value));
+  return node;
 }
 
 TETHER_DECL ref<context_node> context_node::rebind(const context_node* base, ref<revocation> guard) {
-  return ref<context_node>(new context_node(base ? base->entries_ : std::vector<entry>{}, std::move(guard)));
+  ref<context_node> node = make(base ? base->size_ : 0, std::move(guard));
+  if (base)
+    for (const entry& e : base->entries()) node->add(e.key, e.value);
+  return node;
 }
 
 TETHER_DECL void context_node::check_readable(const key_info& key) const {
