@@ -118,9 +118,9 @@ private:
   }
   char* after() const noexcept { return reinterpret_cast<char*>(const_cast<context_node*>(this) + 1); }
   /// The entries made so far (laundered: they were made in raw memory, not as members).
-  std::span<entry> entries() const noexcept {
+  std::span<const entry> entries() const noexcept {
     if (size_ == 0) return {};
-    return {std::launder(reinterpret_cast<entry*>(after())), size_};
+    return {std::launder(reinterpret_cast<const entry*>(after())), size_};
   }
 
   ref<revocation> guard_;

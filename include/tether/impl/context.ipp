@@ -38,14 +38,12 @@ TETHER_DECL const std::string& revocation::revoked_by() const noexcept {
 
 TETHER_DECL ref<context_node> context_node::make(std::size_t capacity, ref<revocation> guard) {
   void* memory = ::operator new(sizeof(context_node) + capacity * sizeof(entry));
-  context_node* made = ::new (memory) context_node(std::move(guard));  // noexcept: nothing to undo
-  take_first_reference(made);
-  return ref<context_node>(made, false);
+  return adopt_fresh(::new (memory) context_node(std::move(guard)));  // noexcept: nothing to undo
 }
 
 TETHER_DECL context_node::~context_node() {
-  const std::span<entry> made = entries();
-  for (std::size_t i = made.size(); i > 0; --i) made[i - 1].~entry();
+  entry* made = size_ != 0 ? std::launder(reinterpret_cast<entry*>(after())) : nullptr;
+  for (std::size_t i = size_; i > 0; --i) made[i - 1].~entry();
 }
 
 TETHER_DECL ref<context_node> context_node::derive(const context_node* base, ref<key_info> key,
