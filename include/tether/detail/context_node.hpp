@@ -117,11 +117,9 @@ private:
     ++size_;
   }
   char* after() const noexcept { return reinterpret_cast<char*>(const_cast<context_node*>(this) + 1); }
-  /// The entries made so far (laundered: they were made in raw memory, not as members).
-  std::span<const entry> entries() const noexcept {
-    if (size_ == 0) return {};
-    return {std::launder(reinterpret_cast<const entry*>(after())), size_};
-  }
+  /// The first entry made, or nullptr (laundered: the entries were made in raw memory, not as members).
+  entry* first() const noexcept { return size_ != 0 ? std::launder(reinterpret_cast<entry*>(after())) : nullptr; }
+  std::span<const entry> entries() const noexcept { return {first(), size_}; }
 
   ref<revocation> guard_;
   std::size_t size_ = 0;  // entries made, in the memory right after this object

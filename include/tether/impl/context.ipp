@@ -42,7 +42,7 @@ TETHER_DECL ref<context_node> context_node::make(std::size_t capacity, ref<revoc
 }
 
 TETHER_DECL context_node::~context_node() {
-  entry* made = size_ != 0 ? std::launder(reinterpret_cast<entry*>(after())) : nullptr;
+  entry* made = first();
   for (std::size_t i = size_; i > 0; --i) made[i - 1].~entry();
 }
 
