@@ -229,8 +229,6 @@ void teardown(benchmark::State& state) {
 
 // ---- latency ------------------------------------------------------------------------------------------------------
 
-/// Submit -> start latency. Idle: the workers have gone to sleep before each submit. Busy: back to back, so a
-/// worker is still awake (running or spinning) when the next task arrives.
 /// One submit -> start sample in µs: posts a task that stamps the time it starts, and spins until it has.
 template <class Pool>
 double start_latency_us(Pool& pool) {
@@ -250,6 +248,8 @@ void pause_for_parking(benchmark::State& state) {
   state.ResumeTiming();
 }
 
+/// Submit -> start latency. Idle: the workers have gone to sleep before each submit. Busy: back to back, so a
+/// worker is still awake (running or spinning) when the next task arrives.
 template <class Pool>
 void latency(benchmark::State& state, const std::string& name, bool idle) {
   Pool pool;

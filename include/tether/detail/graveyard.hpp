@@ -25,9 +25,9 @@ namespace tether::inline v1::detail {
 /// reads as unknown by then anyway), so that with a bound that is never reached (results kept by time only) only
 /// the ids evicted in about the last two `keep_for` are held. The oldest gives way only when nothing it holds can
 /// still be needed, so between bound and twice the bound are held once the bound was reached (five quarters when
-/// only the count turns generations over). So forgetting costs
-/// nothing, neither per id (a tombstone object per id, as before, cost an allocation, a copy of the id and a
-/// second cold lookup in the id table to take it out again) nor per generation (nothing is cleared). Each entry
+/// only the count turns generations over). So forgetting costs nothing, neither per id (a tombstone object per id,
+/// as before, cost an allocation, a copy of the id and a second cold lookup in the id table to take it out again)
+/// nor per generation (nothing is cleared). Each entry
 /// keeps its eviction's number, so that find() still sees exactly the newest `bound`. A generation's table grows
 /// as it fills, to at most four slots of 24 bytes per id it may hold, and is kept for its next turn: 7.9 MB for a
 /// bound of 100,000. Doubling a table copies what it holds, under the caller's lock: about 1 ms at that bound, and

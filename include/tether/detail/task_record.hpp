@@ -188,6 +188,12 @@ protected:
   std::chrono::system_clock::time_point finished_;
   /// Written once, without the lock, before `status` becomes running (release); read after `status` (acquire).
   std::atomic<std::chrono::system_clock::rep> started_ns_{0};
+  /// The start time; zero before the start. relaxed: read on the thread that wrote it, or after an acquire load of
+  /// `status` that saw it running (its release store comes after this one).
+  std::chrono::system_clock::time_point started_at() const noexcept {
+    return std::chrono::system_clock::time_point(
+        std::chrono::system_clock::duration(started_ns_.load(std::memory_order_relaxed)));
+  }
 };
 
 /// A record whose task returns R; holds the latest value.

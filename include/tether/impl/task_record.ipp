@@ -70,11 +70,9 @@ TETHER_DECL void task_record::mark_started(std::chrono::system_clock::time_point
 TETHER_DECL std::chrono::system_clock::time_point task_record::finish(task_status final_status,
                                                                       std::exception_ptr error) noexcept {
   const auto coarse_now = coarse_clock::now().time_since_epoch();
-  // Never before the start (or the submission of a task that never started), should the clock step back. relaxed:
-  // the start was written on this thread, or never.
-  const std::chrono::system_clock::time_point started(
-      std::chrono::system_clock::duration(started_ns_.load(std::memory_order_relaxed)));
-  const auto now = std::max({std::chrono::system_clock::now(), submitted, started});
+  // Never before the start (or the submission of a task that never started, whose start reads as zero), should the
+  // clock step back. The start was written on this thread, or never.
+  const auto now = std::max({std::chrono::system_clock::now(), submitted, started_at()});
   std::string text;
   std::unique_ptr<extras> made;  // made before the lock, for the error's text; without memory, the text is lost
   if (error) {
@@ -125,10 +123,8 @@ TETHER_DECL void task_record::fill_locked(task_fields& out) const {
   out.error_message = extras_ ? extras_->error_message : std::string();
   out.reason = reason_;
   out.submitted = submitted;
-  // After the status: a task that reads as started has its start time (relaxed: `status` was read with acquire).
-  if (out.status != task_status::queued)
-    out.started = std::chrono::system_clock::time_point(
-        std::chrono::system_clock::duration(started_ns_.load(std::memory_order_relaxed)));
+  // After the status: a task that reads as started has its start time (`status` was read with acquire).
+  if (out.status != task_status::queued) out.started = started_at();
   out.finished = finished_;
 }
 
