@@ -130,8 +130,8 @@ private:
     task_record* record;
     std::uint64_t hash;
   };
-  /// Under the retention lock: keeps `incoming`, takes up to a batch of records due for eviction into `victims`
-  /// and remembers their ids as evicted; returns how many.
+  /// Under the retention lock: keeps `incoming` and takes up to a batch of records due for eviction into
+  /// `victims`, without reading them; returns how many.
   TETHER_DECL std::size_t take_victims(victim (&victims)[batch], kept* incoming, time_point now);
   /// Takes `task` out of its shard's table, unless a newer submission has its id now.
   TETHER_DECL void unfile(const task_record& task) noexcept;

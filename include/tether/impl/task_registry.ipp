@@ -65,18 +65,32 @@ TETHER_DECL void task_registry::retire(task_record& task) {
 }
 
 TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
-  // The retention lock only moves entries in and out of the queue and the graveyard; the table work of an eviction
-  // happens under the record's shard lock alone, so that two workers retiring at once rarely wait for each other.
+  // The retention lock only moves entries in and out of the queue and the graveyard; nothing under it reads a
+  // victim, whose lines are out of the cache. The table work happens under the record's shard lock alone, so that
+  // two workers retiring at once rarely wait for each other.
   victim victims[batch];
   const std::size_t due = take_victims(victims, incoming, now);
+  if (due == 0) return false;
   // take_victims() asked for each of these a step ahead; after a quiet spell (no step ahead) they are cold: ask for
   // all of them first, so that the misses overlap. Lines already in the cache cost next to nothing here.
   for (std::size_t i = 0; i < due; ++i) {
     victims[i].record->prefetch_lines();
     prefetch(victims[i].hash);
   }
+  // A record whose id a newer submission holds is not in the table: its id is not gone, and must not take a place
+  // among the newest evictions (an id resubmitted a thousand times would push every other evicted id out).
+  bool gone[batch];
+  for (std::size_t i = 0; i < due; ++i) gone[i] = !victims[i].record->superseded.load(std::memory_order_relaxed);
+  {
+    // Before the records leave their tables (in unfile()), so that a lookup meanwhile finds each in one or the
+    // other. Checking `superseded` under the first turn of the lock instead held it through a cache miss per
+    // victim, while the other worker spun on it.
+    std::lock_guard lock(retention_lock_);
+    for (std::size_t i = 0; i < due; ++i)
+      if (gone[i]) graves_.add(victims[i].hash, now);
+  }
   for (std::size_t i = 0; i < due; ++i) {
-    if (!victims[i].record->superseded.load(std::memory_order_relaxed)) unfile(*victims[i].record);
+    if (gone[i]) unfile(*victims[i].record);
     intrusive_ptr_release(victims[i].record);  // retention's reference, outside every lock: it may be the last
   }
   return due == batch;  // more may be due
@@ -90,10 +104,6 @@ TETHER_DECL std::size_t task_registry::take_victims(victim (&victims)[batch], ke
   for (; due < batch && !retained_.empty() && (due < over || now - retained_.front().ended >= retain_for_); ++due) {
     victims[due] = {retained_.front().record.detach(), retained_.front().hash};
     retained_.pop_front();
-    // Before the record leaves its table (in unfile()), so that a lookup meanwhile finds one or the other. A record
-    // whose id a newer submission holds is not in the table: its id is not gone, and must not take a place among
-    // the newest evictions (an id resubmitted a thousand times would push every other evicted id out).
-    if (!victims[due].record->superseded.load(std::memory_order_relaxed)) graves_.add(victims[due].hash, now);
   }
   // Future victims are as cold as these were. Each retire() asks for one of the step after next, so that every
   // victim's lines are in the cache a step before it goes: one at a time, because asking for a whole step's
