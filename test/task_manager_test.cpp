@@ -546,38 +546,43 @@ TEST_CASE("an id resubmitted again and again does not push other evicted ids out
 
 TEST_CASE("stress: a lookup racing evictions finds each recent id filed or evicted, never unknown" *
           doctest::timeout(120)) {
-  // One thread files, finishes and retires ids in order, each evicted at once (max_retained 0); another looks up
-  // the newest filed id meanwhile. The evictor stays at most 256 ids ahead, so the id looked up is still filed or
-  // among the newest 1,024 evictions: an eviction remembers the id before it takes the record out of its table.
+  // Two threads, as two workers, file, finish and retire ids, each evicted at once (max_retained 0); another looks
+  // up the newest filed id meanwhile. The ids are numbered in one sequence, and the two threads stay at most 256
+  // ids ahead of the lookups, so the id looked up is still filed or among the newest 1,024 evictions: an eviction
+  // remembers the id before it takes the record out of its table, also when the two threads' evictions reach the
+  // graveyard in another order than they left retention.
   using namespace tether::detail;
   task_registry registry(std::chrono::seconds(600), 0);
-  std::atomic<long> filed{-1}, checked{-1};
-  std::atomic<bool> done{false};
+  std::atomic<long> next{0}, filed{-1}, checked{-1};
+  std::atomic<int> running{2};
   const long n = scaled(200'000, 4);
   auto make_fn = [] { return [] { return 1; }; };
   using body = task_body<int, decltype(make_fn())>;
-  std::thread evictor([&] {
-    for (long i = 0; i < n; ++i) {
-      while (i > checked.load(std::memory_order_acquire) + 256) std::this_thread::yield();
-      std::string id = "id-" + std::to_string(i);
-      const std::uint64_t hash = name_hash(id);
-      ref<body> record(new body(make_fn(), std::move(id), hash, "", 1, tether::context{}));
-      registry.insert(*record, [](task_record*) {});
-      filed.store(i, std::memory_order_release);
-      record->finish(tether::task_status::succeeded, nullptr);
-      registry.retire(*record);
-    }
-    done.store(true, std::memory_order_release);
-  });
+  std::vector<std::thread> evictors;
+  for (int e = 0; e < 2; ++e)
+    evictors.emplace_back([&] {
+      for (long i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
+        while (i > checked.load(std::memory_order_acquire) + 256) std::this_thread::yield();
+        std::string id = "id-" + std::to_string(i);
+        const std::uint64_t hash = name_hash(id);
+        ref<body> record(new body(make_fn(), std::move(id), hash, "", 1, tether::context{}));
+        registry.insert(*record, [](task_record*) {});
+        for (long seen = filed.load(); seen < i && !filed.compare_exchange_weak(seen, i);) {
+        }
+        record->finish(tether::task_status::succeeded, nullptr);
+        registry.retire(*record);
+      }
+      running.fetch_sub(1, std::memory_order_release);
+    });
   long unknown = 0, looked = 0;
-  while (!done.load(std::memory_order_acquire)) {
+  while (running.load(std::memory_order_acquire) != 0) {
     const long newest = filed.load(std::memory_order_acquire);
     if (newest < 0) continue;
     unknown += registry.find("id-" + std::to_string(newest)).known == tether::task_known::unknown;
     ++looked;
     checked.store(newest, std::memory_order_release);
   }
-  evictor.join();
+  for (std::thread& t : evictors) t.join();
   CHECK(unknown == 0);
   CHECK(looked > 0);
 }
@@ -619,7 +624,8 @@ TEST_CASE("stress: the memory bound on evicted ids holds while several threads e
   CHECK(registry.evicted_ids() > 1024);
 }
 
-TEST_CASE("the graveyard finds exactly an id's latest eviction among the newest bound, and holds at most 5/4") {
+TEST_CASE("the graveyard finds exactly an id's latest eviction among the newest bound, and holds at most 5/4" *
+          doctest::timeout(60)) {
   // Against a model: for each hash, the number of its latest eviction; it must be found, with that eviction's time,
   // exactly when it is among the newest `bound`. Ids repeat (a few of them often), and 0 is among the hashes. All
   // within keep_for, so generations turn over by count only.
@@ -653,7 +659,23 @@ TEST_CASE("the graveyard finds exactly an id's latest eviction among the newest 
   }
 }
 
-TEST_CASE("the graveyard keeps the newest bound that have not expired, also when generations turn over by time") {
+TEST_CASE("the graveyard tells apart hashes that share a slot's tag and home, and counts each eviction of an id") {
+  // A slot keeps only the hash's top 24 bits and its home is the low bits: two hashes that agree on both, and differ
+  // in between, must still be told apart (by the hash in the log).
+  using tether::detail::graveyard;
+  const auto at = [](long n) { return graveyard::time_point(std::chrono::nanoseconds(n)); };
+  graveyard graves(1024, std::chrono::hours(1));
+  graves.add(0xABCDEF0000000005ULL, at(1));
+  CHECK(graves.find(0xABCDEF0000000005ULL) == at(1));
+  CHECK_FALSE(graves.find(0xABCDEF0100000005ULL));
+  // The same id evicted ten times: ten evictions held, and the latest one is the one found.
+  for (long i = 2; i <= 11; ++i) graves.add(42, at(i));
+  CHECK(graves.size() == 11);
+  CHECK(graves.find(42) == at(11));
+}
+
+TEST_CASE("the graveyard keeps the newest bound that have not expired, also when generations turn over by time" *
+          doctest::timeout(60)) {
   // Evictions come in bursts and lulls, so that some generations turn over by time (keep_for 1,000 ticks) and then
   // fill by count: an eviction among the newest `bound` that is younger than keep_for must still be found.
   using tether::detail::graveyard;
@@ -689,7 +711,8 @@ TEST_CASE("the graveyard keeps the newest bound that have not expired, also when
   }
 }
 
-TEST_CASE("after generations turned over by time, a burst does not push out an eviction the bound still keeps") {
+TEST_CASE("after generations turned over by time, a burst does not push out an eviction the bound still keeps" *
+          doctest::timeout(60)) {
   // Bound 8 (two ids a generation), keep_for 1,000 ticks. Ids 1 to 4 come 300 ticks apart, so each starts a
   // generation of its own by time; then a burst of four at 950. Id 1 is then among the newest 8 evictions and 950
   // ticks old: it must still be found, although its generation is the oldest and the newest is full.
@@ -705,7 +728,8 @@ TEST_CASE("after generations turned over by time, a burst does not push out an e
   CHECK(*graves.find(1) == at(0));
 }
 
-TEST_CASE("the graveyard takes a bound of any size, and then holds only what keep_for needs") {
+TEST_CASE("the graveyard takes a bound of any size, and then holds only what keep_for needs" *
+          doctest::timeout(60)) {
   // max_retained = SIZE_MAX (results kept by time only) once made a generation of 0 ids that never turned over.
   // Generations then turn over by time alone: 100,000 evictions, one per tick, keep_for 100 ticks.
   tether::detail::graveyard graves(std::numeric_limits<std::size_t>::max(), std::chrono::nanoseconds(100));

@@ -83,7 +83,7 @@ public:
 
   /// Records in the map: queued, running and retained ones.
   TETHER_DECL std::size_t size() const;
-  /// Evicted ids remembered (memory, not what reads as expired): see graveyard::size().
+  /// Evictions remembered, an id once per eviction (memory, not what reads as expired): see graveyard::size().
   std::size_t evicted_ids() const {
     std::lock_guard lock(retention_lock_);
     return graves_.size();

@@ -80,8 +80,12 @@ TETHER_DECL bool task_registry::evict_batch(kept* incoming, time_point now) {
   // A record whose id a newer submission holds is not in the table: its id is not gone, and must not take a place
   // among the newest evictions (an id resubmitted a thousand times would push every other evicted id out).
   bool gone[batch];
-  for (std::size_t i = 0; i < due; ++i) gone[i] = !victims[i].record->superseded.load(std::memory_order_relaxed);
-  {
+  bool any_gone = false;
+  for (std::size_t i = 0; i < due; ++i) {
+    gone[i] = !victims[i].record->superseded.load(std::memory_order_relaxed);
+    any_gone |= gone[i];
+  }
+  if (any_gone) {
     // Before the records leave their tables (in unfile()), so that a lookup meanwhile finds each in one or the
     // other. Checking `superseded` under the first turn of the lock instead held it through a cache miss per
     // victim, while the other worker spun on it.
