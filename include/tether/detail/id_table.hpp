@@ -84,11 +84,10 @@ public:
     ++size_;
   }
 
-  /// Puts `record` in place of the record `s` holds (the same id), releasing that one.
-  void replace(slot& s, task_record& record) noexcept {
+  /// Puts `record` in place of the record `s` holds (the same id); returns that one with the table's reference.
+  [[nodiscard]] task_record* replace(slot& s, task_record& record) noexcept {
     intrusive_ptr_add_ref(&record);
-    release(s);
-    s.record = &record;
+    return std::exchange(s.record, &record);
   }
 
   /// Empties `s`, releasing what it held, and moves later entries of its probe run back into the gap.

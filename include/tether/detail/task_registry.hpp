@@ -59,6 +59,9 @@ public:
   template <class Admit>
   void insert(task_record& task, Admit&& admit) {
     shard& s = shard_of(task.hash);
+    // Released after the lock: an evictor that saw the record superseded may have let go of it already, and a
+    // record's destructor runs user code (its result's and its context's).
+    ref<task_record> gone;
     std::lock_guard lock(s.lock);
     id_table::slot* slot = s.table.find(task.id, task.hash);
     task_record* live = slot ? slot->record : nullptr;
@@ -66,7 +69,7 @@ public:
     admit(live && !live->has_ended() ? live : nullptr);
     if (slot) {  // a finished record goes; a live one was replaced
       slot->record->superseded.store(true, std::memory_order_relaxed);
-      s.table.replace(*slot, task);
+      gone.reset(s.table.replace(*slot, task), false);
     } else {
       s.table.insert(task);
     }
