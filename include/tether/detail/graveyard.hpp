@@ -186,7 +186,7 @@ private:
   /// the oldest holds can still be needed (it has expired, or the other four hold the newest `bound` without it).
   bool turn_due(time_point at) const noexcept {
     const generation& g = generations_[newest_];
-    const bool full = g.count >= per_generation_;
+    const bool full = g.count >= per_generation_ || g.sealed;  // sealed: out of memory, it takes no more
     if (!full && (g.count == 0 || at - g.first_at < span_)) return false;
     const generation& oldest = generations_[(newest_ + 1) % generations];
     if (oldest.count == 0 || at - oldest.last_at >= keep_for_) return true;
