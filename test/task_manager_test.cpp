@@ -508,7 +508,8 @@ TEST_CASE("past 4,096 retained results, eviction takes eight at a time and never
   CHECK(kept <= o.max_retained);
   CHECK(kept > o.max_retained - step);
   int live = 0;
-  for (int i = n - static_cast<int>(kept); i < n; ++i) live += tasks.info("t" + std::to_string(i)).known == tether::task_known::live;
+  for (int i = n - static_cast<int>(kept); i < n; ++i)
+    live += tasks.info("t" + std::to_string(i)).known == tether::task_known::live;
   CHECK(live == static_cast<int>(kept));  // the newest ones
   CHECK(tasks.info("t" + std::to_string(n - static_cast<int>(kept) - 1)).known == tether::task_known::expired);
   CHECK(tasks.info("t0").known == tether::task_known::expired);
@@ -918,7 +919,8 @@ TEST_CASE("cancel_all cancels everything queued and running") {
   auto held = tasks.submit("hold", gate.blocker());
   gate.wait_started();
   std::vector<tether::task_handle<void>> queued;
-  for (int i = 0; i < 10; ++i) queued.push_back(tasks.submit(std::to_string(i), [] {}, {.group = std::to_string(i % 3)}));
+  for (int i = 0; i < 10; ++i)
+    queued.push_back(tasks.submit(std::to_string(i), [] {}, {.group = std::to_string(i % 3)}));
   CHECK(tasks.cancel_all() == 11);
   for (auto& h : queued) CHECK(h.status() == task_status::cancelled);
   gate.open();
