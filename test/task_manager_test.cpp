@@ -675,6 +675,93 @@ TEST_CASE("the graveyard tells apart hashes that share a slot's tag and home, an
   CHECK(graves.find(42) == at(11));
 }
 
+// Graveyard memory that fails on demand: `allocations_left` more succeed (all of them while negative), and each
+// one fails anyway with probability `fail_one_in` (0: never).
+struct failing_allocator {
+  static inline long allocations_left = -1;
+  static inline unsigned fail_one_in = 0;
+  static inline std::mt19937 rng{5};
+  static bool grant() noexcept {
+    if (fail_one_in != 0 && rng() % fail_one_in == 0) return false;
+    if (allocations_left == 0) return false;
+    if (allocations_left > 0) --allocations_left;
+    return true;
+  }
+  static tether::detail::graveyard::memory memory() {
+    return {[](std::size_t count, std::size_t size) noexcept { return grant() ? std::calloc(count, size) : nullptr; },
+            [](void* block, std::size_t size) noexcept { return grant() ? std::realloc(block, size) : nullptr; }};
+  }
+};
+
+TEST_CASE("without memory the graveyard forgets evictions, and still numbers the later ones exactly") {
+  // Bound 64: the newest 64 evictions are found. The first ten find no memory and are dropped; each seals its
+  // generation, which then gives way to the next. Once memory comes back, evictions 10 to 73 must all be found,
+  // and eviction 74 must push eviction 10 (not some later one) out of the newest 64.
+  using tether::detail::graveyard;
+  const auto at = [](long n) { return graveyard::time_point(std::chrono::nanoseconds(n)); };
+  graveyard graves(64, std::chrono::hours(1), failing_allocator::memory());
+  failing_allocator::allocations_left = 0;
+  for (long i = 0; i < 10; ++i) graves.add(static_cast<std::uint64_t>(1000 + i), at(i));
+  failing_allocator::allocations_left = -1;
+  CHECK(graves.size() == 0);
+  for (long i = 0; i < 10; ++i) CHECK_FALSE(graves.find(static_cast<std::uint64_t>(1000 + i)));
+  for (long i = 10; i < 74; ++i) graves.add(static_cast<std::uint64_t>(2000 + i), at(i));
+  int missing = 0;
+  for (long i = 10; i < 74; ++i) missing += graves.find(static_cast<std::uint64_t>(2000 + i)) != at(i);
+  CHECK(missing == 0);
+  graves.add(3000, at(74));
+  CHECK_FALSE(graves.find(2010));
+  CHECK(graves.find(2011) == at(11));
+}
+
+TEST_CASE("a graveyard that runs out of memory now and then answers nothing false, and recovers" *
+          doctest::timeout(60)) {
+  // One allocation in three fails: logs and indexes cannot grow, generations get sealed, and emptying one cannot
+  // take a fresh index. Whatever find() answers must still be an eviction of that id among the newest `bound`
+  // (the latest one that was kept: a dropped later one may leave an earlier one to be found). Then memory comes
+  // back, and after `bound` more evictions exactly those are found. (A sealed generation used to give way only
+  // once the others held the bound, so that from then on every eviction was dropped until keep_for passed.)
+  using tether::detail::graveyard;
+  using when = graveyard::time_point;
+  std::mt19937_64 rng(3);
+  for (const std::size_t bound : {8u, 64u, 1024u}) {
+    CAPTURE(bound);
+    graveyard graves(bound, std::chrono::hours(1), failing_allocator::memory());
+    failing_allocator::fail_one_in = 3;
+    std::vector<std::uint64_t> hash_of;  // by eviction number; its time is the number
+    int wrong = 0;
+    const auto check_all = [&] {
+      const long evictions = static_cast<long>(hash_of.size());
+      for (long n = std::max(0L, evictions - 4 * static_cast<long>(bound)); n < evictions; ++n) {
+        const auto found = graves.find(hash_of[static_cast<std::size_t>(n)]);
+        if (!found) continue;
+        const long number = static_cast<long>(found->time_since_epoch().count());
+        const bool in_window = number < evictions && evictions - number <= static_cast<long>(bound);
+        if (!in_window || hash_of[static_cast<std::size_t>(number)] != hash_of[static_cast<std::size_t>(n)]) ++wrong;
+      }
+    };
+    for (int i = 0; i < 20'000; ++i) {
+      const std::uint64_t hash = (rng() % 3'000 + 1) * 0x9e3779b97f4a7c15ULL;
+      graves.add(hash, when(std::chrono::nanoseconds(static_cast<long>(hash_of.size()))));
+      hash_of.push_back(hash);
+      if (i % 1'999 == 0) check_all();
+    }
+    failing_allocator::fail_one_in = 0;
+    const std::size_t before = hash_of.size();
+    for (std::size_t i = 0; i < bound; ++i) {
+      const std::uint64_t hash = (i + 1) * 0xc2b2ae3d27d4eb4fULL;  // not among the ids above
+      graves.add(hash, when(std::chrono::nanoseconds(static_cast<long>(hash_of.size()))));
+      hash_of.push_back(hash);
+    }
+    check_all();
+    CHECK(wrong == 0);
+    int missing = 0;
+    for (std::size_t n = before; n < hash_of.size(); ++n)
+      missing += graves.find(hash_of[n]) != when(std::chrono::nanoseconds(static_cast<long>(n)));
+    CHECK(missing == 0);
+  }
+}
+
 TEST_CASE("the graveyard keeps the newest bound that have not expired, also when generations turn over by time" *
           doctest::timeout(60)) {
   // Evictions come in bursts and lulls, so that some generations turn over by time (keep_for 1,000 ticks) and then

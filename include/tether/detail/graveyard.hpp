@@ -15,6 +15,17 @@
 
 namespace tether::inline v1::detail {
 
+/// Where a graveyard's logs and indexes come from: the C allocator (they are freed with std::free), or in tests one
+/// that fails on demand.
+struct graveyard_memory {
+  void* (*zeroed)(std::size_t count, std::size_t size) noexcept = [](std::size_t count, std::size_t size) noexcept {
+    return std::calloc(count, size);
+  };
+  void* (*resized)(void* block, std::size_t size) noexcept = [](void* block, std::size_t size) noexcept {
+    return std::realloc(block, size);
+  };
+};
+
 /// Remembers the newest `bound` evictions, each as its id's 64-bit hash and the time it happened; older ones are
 /// forgotten. The id itself is not kept: an id never submitted whose hash equals an evicted one's (0 and 1 count as
 /// equal) reads as expired too, a chance of about one in 2^63 for each evicted id a lookup could meet.
@@ -37,13 +48,16 @@ class graveyard {
 public:
   using time_point = coarse_clock::time_point;
 
+  using memory = graveyard_memory;
+
   /// `bound`: how many of the newest evictions are remembered; `keep_for`: how long an eviction counts (older ones
   /// are not found by the task registry, which checks the time).
-  graveyard(std::size_t bound, coarse_clock::duration keep_for) noexcept
+  graveyard(std::size_t bound, coarse_clock::duration keep_for, memory from = {}) noexcept
       : bound_(std::max<std::size_t>(bound, 1)),
         per_generation_(bound_ / 4 + (bound_ % 4 != 0)),
         keep_for_(keep_for),
-        span_(keep_for / 4) {}
+        span_(keep_for / 4),
+        memory_(from) {}
   graveyard(const graveyard&) = delete;
   graveyard& operator=(const graveyard&) = delete;
 
@@ -53,14 +67,14 @@ public:
     const std::uint64_t number = added_++;  // counted even when not remembered, so the window stays exact
     if (turn_due(at)) {
       newest_ = (newest_ + 1) % generations;
-      generations_[newest_].empty_out(number);
+      generations_[newest_].empty_out(number, memory_);
     }
     generation& g = generations_[newest_];
     if (g.count == 0) g.first_at = at;
     g.last_at = std::max(g.last_at, at);  // two workers' evictions may come a little out of order
     // Without memory for this one, none after it goes into this generation either: a place in the log is what
     // numbers an eviction, so a gap would misnumber every later one.
-    if (g.sealed || !g.make_room()) {
+    if (g.sealed || !g.make_room(memory_)) {
       g.sealed = true;
       return;
     }
@@ -142,12 +156,12 @@ private:
     }
 
     /// Forgets what it holds; the next eviction it takes has number `next`.
-    void empty_out(std::uint64_t next) noexcept {
+    void empty_out(std::uint64_t next, const memory& from) noexcept {
       if (count != 0) {
         // A fresh zeroed index rather than clearing this one: a large one then comes from the kernel as zero pages,
         // faulted in as evictions reach them, instead of tens of megabytes written under the caller's lock (at a
         // bound of ten million). A small one is cleared by calloc all the same (0.5 MB at the default bound).
-        if (auto* fresh = static_cast<std::uint64_t*>(std::calloc(capacity, sizeof(std::uint64_t))))
+        if (auto* fresh = static_cast<std::uint64_t*>(from.zeroed(capacity, sizeof(std::uint64_t))))
           index.reset(fresh);
         else
           std::memset(index.get(), 0, capacity * sizeof(std::uint64_t));
@@ -158,11 +172,11 @@ private:
     }
 
     /// Room for one more eviction in the log and the index (which stays at most half full); false without memory.
-    bool make_room() noexcept {
+    bool make_room(const memory& from) noexcept {
       if (count == place_mask) return false;  // a trillion evictions in one generation: the rest are not kept
       if (count == log_capacity) {
         const std::size_t more = log_capacity == 0 ? 16 : 2 * log_capacity;
-        void* grown = std::realloc(log.get(), more * sizeof(logged));
+        void* grown = from.resized(log.get(), more * sizeof(logged));
         if (!grown) return false;
         (void)log.release();  // realloc moved or freed the old block
         log.reset(static_cast<logged*>(grown));
@@ -170,7 +184,7 @@ private:
       }
       if (2 * (count + 1) <= capacity) return true;
       const std::size_t doubled = capacity == 0 ? 16 : 2 * capacity;
-      auto* made = static_cast<std::uint64_t*>(std::calloc(doubled, sizeof(std::uint64_t)));
+      auto* made = static_cast<std::uint64_t*>(from.zeroed(doubled, sizeof(std::uint64_t)));
       if (!made) return count + 1 < capacity;  // a fuller index still works while a slot stays free
       index.reset(made);
       capacity = doubled;
@@ -184,9 +198,13 @@ private:
 
   /// Whether the oldest generation gives way: the newest is full or has spanned a quarter of keep_for, and nothing
   /// the oldest holds can still be needed (it has expired, or the other four hold the newest `bound` without it).
+  /// A sealed newest one (out of memory) takes no more, so the oldest gives way at once: otherwise, with the others
+  /// short of the bound, every later eviction would be dropped until the oldest expired. A generation emptied for
+  /// reuse keeps its memory, so evictions are remembered again at once, even if memory stays short.
   bool turn_due(time_point at) const noexcept {
     const generation& g = generations_[newest_];
-    const bool full = g.count >= per_generation_ || g.sealed;  // sealed: out of memory, it takes no more
+    if (g.sealed) return true;
+    const bool full = g.count >= per_generation_;
     if (!full && (g.count == 0 || at - g.first_at < span_)) return false;
     const generation& oldest = generations_[(newest_ + 1) % generations];
     if (oldest.count == 0 || at - oldest.last_at >= keep_for_) return true;
@@ -200,6 +218,7 @@ private:
   std::array<generation, generations> generations_;
   std::size_t newest_ = 0;
   std::uint64_t added_ = 0;  // evictions so far
+  const memory memory_;
 };
 
 }  // namespace tether::inline v1::detail
