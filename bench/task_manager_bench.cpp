@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "brief.hpp"
+#include "line_round_trip.hpp"
 
 namespace {
 
@@ -305,6 +306,7 @@ void BM_get_result_poll_mutex_map(benchmark::State& state) {
 void idle_latency_paired(benchmark::State& state) {
   condvar_pool floor;
   tether_pool tether;
+  const double round_trip_before = tether_bench::line_round_trip_ns();
   std::vector<double> floor_us, tether_us;
   for (auto _ : state) {
     std::this_thread::sleep_for(std::chrono::microseconds(500));
@@ -316,6 +318,7 @@ void idle_latency_paired(benchmark::State& state) {
   state.counters["condvar_p50_us"] = f;
   state.counters["tether_p50_us"] = t;
   state.counters["tether_vs_condvar"] = t / f;
+  state.counters["line_round_trip_ns"] = std::max(round_trip_before, tether_bench::line_round_trip_ns());
 }
 
 /// Throughput, tether's keyed tasks and asio::thread_pool's post, one batch of each in turn per iteration; tether
@@ -323,21 +326,36 @@ void idle_latency_paired(benchmark::State& state) {
 /// result. At the default bound of 100,000 the retained records and id tables are tens of megabytes, and eviction
 /// meets them out of the cache; at 1,000 they stay in it: the two rows tell the cost of retention from that of
 /// dispatch.
+///
+/// Two figures per peer: the median of its batches' rates, and its overall rate (all its tasks over all its time).
+/// They differ for asio: its batches run either near its best or at a third to a half of it, in spells of several
+/// batches, while tether's batches in between hold their rate. In its slow batches asio's workers sleep and are
+/// woken two to three times as often. The median shows each peer at its usual best; the overall rate is
+/// what a sustained load gets.
 void throughput_paired(benchmark::State& state) {
   const auto count = static_cast<int>(state.range(0));
   asio_pool asio;
   tether_pool tether(static_cast<std::size_t>(state.range(1)));
   run_batch(tether, count);  // to the retention bound before anything is measured
-  const auto rate = [count](auto& pool) { return count / timed_batch(pool, count); };
+  const double round_trip_before = tether_bench::line_round_trip_ns();
   std::vector<double> asio_rate, tether_rate;
+  double asio_seconds = 0, tether_seconds = 0;
+  const auto timed = [count](auto& pool, std::vector<double>& rates, double& total) {
+    const double seconds = timed_batch(pool, count);
+    rates.push_back(count / seconds);
+    total += seconds;
+  };
   for (auto _ : state) {
-    asio_rate.push_back(rate(asio));
-    tether_rate.push_back(rate(tether));
+    timed(asio, asio_rate, asio_seconds);
+    timed(tether, tether_rate, tether_seconds);
   }
   const double a = percentile(asio_rate, 0.5), t = percentile(tether_rate, 0.5);
   state.counters["asio_per_s"] = a;
   state.counters["tether_per_s"] = t;
   state.counters["tether_vs_asio"] = t / a;
+  state.counters["overall_tether_vs_asio"] = asio_seconds / tether_seconds;  // the same number of tasks each
+  // Before and after: a spell of far-apart vCPUs (see line_round_trip.hpp) shows as a high value in either.
+  state.counters["line_round_trip_ns"] = std::max(round_trip_before, tether_bench::line_round_trip_ns());
 }
 
 // ---- registration -------------------------------------------------------------------------------------------------
