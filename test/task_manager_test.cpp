@@ -1304,6 +1304,105 @@ TEST_CASE("a task waiting for itself or shutting its own manager down gets would
   h.get();
 }
 
+// Makes the fair queue's groups, or fails to while `fail` is set.
+struct failing_maker {
+  static inline bool fail = false;
+  static std::unique_ptr<tether::detail::queue_group> make(const std::string& name) {
+    if (fail) throw std::bad_alloc();
+    return tether::detail::fair_queue::make_group(name);
+  }
+};
+
+TEST_CASE("a task whose new group cannot be made waits parked, in order, and can be cancelled or listed there") {
+  // Submits put tasks on the queue's intake, and the worker that next takes the lock files them into their groups;
+  // without memory for a new group the task is parked, since that worker cannot throw. Made to fail on demand.
+  using tether::detail::fair_queue;
+  const auto task = [](const char* id, const char* group) {
+    return tether::detail::make_ref<tether::detail::task_body<void, void (*)()>>(
+        +[] {}, std::string(id), tether::detail::name_hash(id), std::string(group), 1u, tether::context());
+  };
+  fair_queue queue({}, failing_maker::make);
+  auto a1 = task("a1", "a"), a2 = task("a2", "a"), b1 = task("b1", "b"), a3 = task("a3", "a"), c1 = task("c1", "c");
+  failing_maker::fail = true;
+  queue.push(*a1, nullptr);
+  queue.push(*a2, nullptr);
+  queue.push(*b1, nullptr);
+  CHECK_FALSE(queue.pop());  // none of the three could be filed
+  CHECK(queue.queued() == 3);
+  CHECK(queue.remove(*a2));  // cancelled while parked
+  CHECK(queue.queued() == 2);
+  std::vector<tether::detail::ref<tether::detail::task_record>> taken, running;
+  queue.take_matching([](std::string_view group) { return group == "b"; }, taken, running);
+  REQUIRE(taken.size() == 1);
+  CHECK(taken[0].get() == b1.get());
+  CHECK(queue.queued() == 1);
+  failing_maker::fail = false;
+  queue.push(*a3, nullptr);
+  auto first = queue.pop();  // the parked one first, then the one pushed after it
+  auto second = queue.pop();
+  CHECK(first.get() == a1.get());
+  CHECK(second.get() == a3.get());
+  CHECK_FALSE(queue.pop());
+  CHECK(queue.queued() == 0);
+  queue.finish(*first);
+  queue.finish(*second);
+  // close() lists a parked task as live (shutdown waits for it or cancels it), and refuses later pushes.
+  failing_maker::fail = true;
+  queue.push(*c1, nullptr);
+  CHECK_FALSE(queue.pop());
+  const auto live = queue.close();
+  CHECK(live.size() == 1);
+  CHECK((!live.empty() && live[0].get() == c1.get()));
+  CHECK(error_of([&] { queue.push(*task("c2", "c"), nullptr); }) == tether::errc::executor_stopped);
+  failing_maker::fail = false;
+}
+
+TEST_CASE("stress: submits racing shutdown are each refused or brought to an end before shutdown returns" *
+          doctest::timeout(120)) {
+  // Three threads submit until they are refused while shutdown() closes the queue. Every task accepted must have
+  // ended by the time shutdown() returns: a push that slipped into the queue's intake after shutdown took it would
+  // stay queued for ever.
+  for (const auto mode : {tether::shutdown_mode::drain, tether::shutdown_mode::cancel}) {
+    for (int round = 0; round < scaled(20, 4); ++round) {
+      CAPTURE(round);
+      task_manager tasks(with_workers(2));
+      std::atomic<long> accepted{0}, ran{0}, other_errors{0};
+      std::vector<std::vector<tether::task_handle<void>>> handles(3);
+      std::vector<std::thread> producers;
+      for (int p = 0; p < 3; ++p)
+        producers.emplace_back([&, p] {
+          for (int i = 0;; ++i) {
+            const auto e = error_of([&] {
+              handles[p].push_back(tasks.submit("p" + std::to_string(p) + "-" + std::to_string(i), [&] { ++ran; },
+                                                {.group = "g" + std::to_string(i % 3)}));
+              ++accepted;
+            });
+            if (e == tether::errc::executor_stopped) return;
+            if (e) ++other_errors;
+          }
+        });
+      while (accepted < 300) std::this_thread::yield();
+      const auto report = tasks.shutdown(mode);
+      for (auto& t : producers) t.join();
+      long unfinished = 0, succeeded = 0, cancelled = 0;
+      for (auto& list : handles)
+        for (auto& h : list) {
+          const task_status s = h.status();
+          succeeded += s == task_status::succeeded;
+          cancelled += s == task_status::cancelled;
+          unfinished += s != task_status::succeeded && s != task_status::failed && s != task_status::cancelled;
+        }
+      CHECK(unfinished == 0);
+      CHECK(other_errors == 0);
+      CHECK(succeeded == ran.load());
+      CHECK(succeeded + cancelled == accepted.load());
+      if (mode == tether::shutdown_mode::drain) CHECK(cancelled == 0);
+      CHECK(report.completed + report.cancelled_before_start + report.stopped_while_running <=
+            static_cast<std::size_t>(accepted));
+    }
+  }
+}
+
 TEST_CASE("shutdown(drain) runs everything queued and reports it; later submits throw executor_stopped") {
   task_manager tasks(with_workers(1));
   thread_gate gate;

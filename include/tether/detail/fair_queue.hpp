@@ -72,17 +72,33 @@ struct queue_limits {
 /// task (cancel) is O(1). The queue keeps one reference to each queued record, from push() until remove(), or
 /// until pop() hands it to the worker; a running record is listed (under the lock) but kept alive by its worker,
 /// which lets go of it only after finish().
+///
+/// Most pushes do not take the lock: they put the task on the intake, a lock-free stack, and whoever takes the lock
+/// next files what the intake holds into the groups, oldest first. The lines a push touches are then its own and the
+/// intake's, not the groups' and the lock's, which the workers hold most of the time. That is what counts when the
+/// host runs the two vCPUs far apart and a line that crosses costs 300-450 ns (docs/task_manager.md has figures). A
+/// push that replaces a live task takes the lock, and so does every push while max_queued_per_group is set (its
+/// count is per group). A task whose group is new and cannot be made for want of memory waits, parked, until it can;
+/// close() puts a mark at the intake's head, so that a push either lands before it or is refused.
 /// **Thread safety:** every member from any thread (one lock; queued() is a lock-free read).
 class fair_queue {
 public:
-  explicit fair_queue(queue_limits limits) noexcept : limits_(limits) {}
+  /// Makes a group; throws bad_alloc. Tests pass one that fails on demand.
+  using group_maker = std::unique_ptr<queue_group> (*)(const std::string& name);
+  static std::unique_ptr<queue_group> make_group(const std::string& name) {
+    return std::make_unique<queue_group>(name);
+  }
+
+  explicit fair_queue(queue_limits limits, group_maker make = make_group) noexcept
+      : limits_(limits), make_(make) {}
   fair_queue(const fair_queue&) = delete;
   fair_queue& operator=(const fair_queue&) = delete;
   TETHER_DECL ~fair_queue();
 
   /// Queues `task`. When `replaced` is still queued, takes it out in the same step (so it does not count against
-  /// the bounds). Throws executor_stopped after close() and queue_full when a bound is reached;
-  /// then nothing changed.
+  /// the bounds). Throws executor_stopped after close() and queue_full when a bound is reached; then nothing
+  /// changed. Without the lock, max_queued holds exactly for one submitting thread; submits racing on several
+  /// threads may pass it by one each.
   TETHER_DECL void push(task_record& task, task_record* replaced);
 
   /// The next task by weighted round-robin, now counted as running, with the queue's reference; nullptr when
@@ -110,12 +126,26 @@ public:
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   /// How many tasks are queued; a hint read without the lock (seq_cst: pairs with a worker's sleep check).
-  std::size_t queued() const noexcept { return queued_.load(std::memory_order_seq_cst); }
+  std::size_t queued() const noexcept {
+    const std::ptrdiff_t n = queued_.load(std::memory_order_seq_cst);
+    return n > 0 ? static_cast<std::size_t>(n) : 0;
+  }
 
 private:
   /// The group named `name`, or nullptr.
   TETHER_DECL queue_group* find_group(std::string_view name) noexcept;
   TETHER_DECL queue_group& add_group(const std::string& name);
+  /// The group named `name`, made if need be; nullptr without memory for it.
+  TETHER_DECL queue_group* group_for(const std::string& name) noexcept;
+  /// Puts `task` (in no list) at the end of `g`'s queue.
+  TETHER_DECL void file(task_record& task, queue_group& g) noexcept;
+  TETHER_DECL void push_unlocked(task_record& task);
+  /// Files the parked tasks, then what the intake holds, oldest first; what cannot be filed is parked.
+  TETHER_DECL void drain_locked() noexcept;
+  /// Files or parks a stack of tasks taken from the intake (newest first).
+  TETHER_DECL void absorb(task_record* newest) noexcept;
+  /// The intake's head once the queue is closed: no push goes on after it.
+  task_record* closed_mark() noexcept { return reinterpret_cast<task_record*>(this); }
   TETHER_DECL task_record* pop_locked() noexcept;
   TETHER_DECL void finish_locked(task_record& task) noexcept;
   TETHER_DECL void unlink_queued(task_record& task) noexcept;
@@ -128,14 +158,21 @@ private:
   static constexpr std::size_t kept_idle_groups = 64;
 
   const queue_limits limits_;
+  const group_maker make_;
   mutable spin_lock mutex_;
   // Keys view the groups' own names.
   std::unordered_map<std::string_view, std::unique_ptr<queue_group>, name_hasher, std::equal_to<>> groups_;
   queue_group* turn_ = nullptr;        // the group pop() serves next; nullptr when nothing is queued
   queue_group* last_group_ = nullptr;  // the group that push() found or made last
-  std::size_t total_ = 0;        // queued tasks, guarded by mutex_; mirrored in queued_
+  std::size_t total_ = 0;        // filed and parked tasks, guarded by mutex_
+  task_list parked_;             // taken from the intake, not yet filed for want of memory; guarded by mutex_
   std::atomic<bool> closed_{false};  // written under mutex_; closed() reads it without
-  std::atomic<std::size_t> queued_{0};
+  /// Tasks queued: in the intake, parked or filed. A push counts its task once it is in the intake, so a worker
+  /// that took it meanwhile may have counted it out first: the count can be below zero for a moment.
+  std::atomic<std::ptrdiff_t> queued_{0};
+  /// Pushed tasks not yet filed, newest first through their `next` links; closed_mark() once closed. Apart from
+  /// the lock's line: submitters write it, and the workers' lock must not move with it.
+  alignas(64) std::atomic<task_record*> intake_{nullptr};
 };
 
 }  // namespace tether::inline v1::detail

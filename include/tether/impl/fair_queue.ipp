@@ -4,10 +4,18 @@
 
 #include <tether/detail/fair_queue.hpp>
 
+#include <utility>
+
 namespace tether::inline v1::detail {
 
 TETHER_DECL fair_queue::~fair_queue() {
   // Normally empty: the manager ends every task before it goes. Release what is left all the same.
+  task_record* pushed = intake_.load(std::memory_order_acquire);
+  while (pushed && pushed != closed_mark()) intrusive_ptr_release(std::exchange(pushed, pushed->next));
+  while (task_record* t = parked_.front()) {
+    parked_.erase(*t);
+    intrusive_ptr_release(t);
+  }
   for (auto& [name, g] : groups_)
     while (task_record* t = g->queued.front()) {
       g->queued.erase(*t);
@@ -16,9 +24,11 @@ TETHER_DECL fair_queue::~fair_queue() {
 }
 
 TETHER_DECL void fair_queue::push(task_record& task, task_record* replaced) {
+  if (!replaced && limits_.max_queued_per_group == 0) return push_unlocked(task);
   bool take_replaced = false;
   {
     std::lock_guard lock(mutex_);
+    drain_locked();  // what earlier pushes left in the intake goes first, and `replaced` may be there
     take_replaced = replaced && replaced->place == task_place::queued;
     if (closed_.load(std::memory_order_relaxed))  // partner: mutex_
       raise(errc::executor_stopped, "tether::task_manager::submit: task '{}' rejected: the manager was shut down",
@@ -27,19 +37,88 @@ TETHER_DECL void fair_queue::push(task_record& task, task_record* replaced) {
     check_bounds(task, known, take_replaced ? replaced : nullptr);
     queue_group& g = known ? *known : add_group(task.group);
     intrusive_ptr_add_ref(&task);
-    task.home = &g;
-    task.place = task_place::queued;
-    g.queued.push_back(task);
-    ++g.queued_count;
+    file(task, g);
     ++total_;
-    g.weight = task.weight;
-    if (g.credit > g.weight) g.credit = g.weight;
-    if (!g.ring_next) ring_insert(g);
-    // Only now, so that a group left empty by the replaced task is not forgotten while `g` is in use.
+    // Only now, so that a group left empty by the replaced task is not forgotten while `g` is in use. One in, one
+    // out: the count stays, and it is not 0, so no worker sleeps on it.
     if (take_replaced) unlink_queued(*replaced);
-    queued_.store(total_, std::memory_order_seq_cst);
+    else queued_.fetch_add(1, std::memory_order_seq_cst);
   }
   if (take_replaced) intrusive_ptr_release(replaced);  // the queue's reference; the caller holds another
+}
+
+TETHER_DECL void fair_queue::push_unlocked(task_record& task) {
+  if (limits_.max_queued != 0 && queued() >= limits_.max_queued)
+    raise(errc::queue_full, "tether::task_manager::submit: task '{}' not queued: {} tasks are queued (max_queued)",
+          task.id, queued());
+  intrusive_ptr_add_ref(&task);  // the queue's
+  task.home = nullptr;
+  task.place = task_place::queued;  // read under the lock only after the intake handed the task over (acquire)
+  task_record* newest = intake_.load(std::memory_order_relaxed);
+  do {
+    if (newest == closed_mark()) {
+      intrusive_ptr_release(&task);  // not the last: the caller holds one
+      raise(errc::executor_stopped, "tether::task_manager::submit: task '{}' rejected: the manager was shut down",
+            task.id);
+    }
+    task.next = newest;
+    // release: the record's fields reach whoever takes the intake.
+  } while (!intake_.compare_exchange_weak(newest, &task, std::memory_order_release, std::memory_order_relaxed));
+  // Counted only now that a worker can find it, so that a worker never looks for a task that is not there yet.
+  // seq_cst: pairs with a worker's sleep check (see task_core::wake_one()).
+  queued_.fetch_add(1, std::memory_order_seq_cst);
+}
+
+TETHER_DECL void fair_queue::file(task_record& task, queue_group& g) noexcept {
+  task.home = &g;
+  task.place = task_place::queued;
+  g.queued.push_back(task);
+  ++g.queued_count;
+  g.weight = task.weight;
+  if (g.credit > g.weight) g.credit = g.weight;
+  if (!g.ring_next) ring_insert(g);
+}
+
+TETHER_DECL queue_group* fair_queue::group_for(const std::string& name) noexcept {
+  if (queue_group* known = find_group(name)) return known;
+  try {
+    return &add_group(name);
+  } catch (...) {  // out of memory
+    return nullptr;
+  }
+}
+
+TETHER_DECL void fair_queue::drain_locked() noexcept {
+  // Parked tasks first, in order, while their groups can be made.
+  while (task_record* t = parked_.front()) {
+    queue_group* g = group_for(t->group);
+    if (!g) return;  // still no memory: what the intake holds waits behind them
+    parked_.erase(*t);
+    file(*t, *g);
+  }
+  task_record* newest = intake_.load(std::memory_order_relaxed);
+  if (!newest || newest == closed_mark()) return;
+  // Submitters only add to a head that is not the closed mark, and close() sets it under this lock: the exchange
+  // cannot take the mark away.
+  absorb(intake_.exchange(nullptr, std::memory_order_acquire));
+}
+
+TETHER_DECL void fair_queue::absorb(task_record* newest) noexcept {
+  task_record* oldest = nullptr;  // reversed, so that tasks are filed in the order they were pushed
+  while (newest) {
+    task_record* next = newest->next;
+    newest->next = oldest;
+    oldest = newest;
+    newest = next;
+  }
+  while (oldest) {
+    task_record& t = *std::exchange(oldest, oldest->next);
+    t.next = nullptr;
+    ++total_;
+    queue_group* g = parked_.empty() ? group_for(t.group) : nullptr;
+    if (g) file(t, *g);
+    else parked_.push_back(t);  // place stays queued, home null: remove() and take_matching() find it here
+  }
 }
 
 TETHER_DECL void fair_queue::check_bounds(const task_record& task, const queue_group* g,
@@ -66,7 +145,7 @@ TETHER_DECL queue_group* fair_queue::find_group(std::string_view name) noexcept 
 }
 
 TETHER_DECL queue_group& fair_queue::add_group(const std::string& name) {
-  auto g = std::make_unique<queue_group>(name);
+  std::unique_ptr<queue_group> g = make_(name);
   queue_group& made = *g;
   groups_.emplace(std::string_view(made.name), std::move(g));
   return *(last_group_ = &made);
@@ -78,6 +157,7 @@ TETHER_DECL ref<task_record> fair_queue::pop() {
 }
 
 TETHER_DECL task_record* fair_queue::pop_locked() noexcept {
+  drain_locked();
   if (!turn_) return nullptr;
   queue_group& g = *turn_;
   task_record& t = *g.queued.front();
@@ -94,7 +174,7 @@ TETHER_DECL task_record* fair_queue::pop_locked() noexcept {
     g.credit = g.weight;
     turn_ = g.ring_next;
   }
-  queued_.store(total_, std::memory_order_seq_cst);
+  queued_.fetch_sub(1, std::memory_order_seq_cst);
   if (turn_) turn_->queued.front()->prefetch_lines();  // most likely the next task a worker takes
   return &t;
 }
@@ -123,15 +203,22 @@ TETHER_DECL void fair_queue::finish_locked(task_record& task) noexcept {
 TETHER_DECL bool fair_queue::remove(task_record& task) noexcept {
   {
     std::lock_guard lock(mutex_);
+    drain_locked();  // `task` may still be in the intake
     if (task.place != task_place::queued) return false;
     unlink_queued(task);
-    queued_.store(total_, std::memory_order_seq_cst);
+    queued_.fetch_sub(1, std::memory_order_seq_cst);
   }
   intrusive_ptr_release(&task);
   return true;
 }
 
 TETHER_DECL void fair_queue::unlink_queued(task_record& task) noexcept {
+  if (!task.home) {  // parked
+    parked_.erase(task);
+    --total_;
+    task.place = task_place::finished;
+    return;
+  }
   queue_group& g = *task.home;
   g.queued.erase(task);
   --g.queued_count;
@@ -146,6 +233,16 @@ TETHER_DECL void fair_queue::take_matching(const std::function<bool(std::string_
                                            std::vector<ref<task_record>>& queued,
                                            std::vector<ref<task_record>>& running) {
   std::lock_guard lock(mutex_);
+  drain_locked();
+  const std::size_t before = total_;
+  for (task_record* t = parked_.front(); t;) {
+    task_record* next = t->next;
+    if (match(t->group)) {
+      queued.emplace_back(t, false);  // takes over the queue's reference
+      unlink_queued(*t);
+    }
+    t = next;
+  }
   std::vector<queue_group*> hit;
   for (auto& [name, g] : groups_)
     if (match(name)) hit.push_back(g.get());
@@ -158,13 +255,18 @@ TETHER_DECL void fair_queue::take_matching(const std::function<bool(std::string_
       unlink_queued(*t);
     }
   }
-  queued_.store(total_, std::memory_order_seq_cst);
+  queued_.fetch_sub(static_cast<std::ptrdiff_t>(before - total_), std::memory_order_seq_cst);
 }
 
 TETHER_DECL std::vector<ref<task_record>> fair_queue::close() {
   std::lock_guard lock(mutex_);
   closed_.store(true, std::memory_order_release);
+  drain_locked();
+  // From here on a push finds the mark and refuses; what came before it is taken now.
+  task_record* last = intake_.exchange(closed_mark(), std::memory_order_acquire);
+  if (last != closed_mark()) absorb(last);
   std::vector<ref<task_record>> live;
+  for (task_record* t = parked_.front(); t; t = t->next) live.emplace_back(t);
   for (auto& [name, g] : groups_)
     for (task_list* list : {&g->running, &g->queued})
       for (task_record* t = list->front(); t; t = t->next)
