@@ -1304,6 +1304,12 @@ TEST_CASE("a task waiting for itself or shutting its own manager down gets would
   h.get();
 }
 
+// A queued record of a task that does nothing, for tests of the fair queue on its own.
+auto plain_task(const char* id, const char* group) {
+  return tether::detail::make_ref<tether::detail::task_body<void, void (*)()>>(
+      +[] {}, std::string(id), tether::detail::name_hash(id), std::string(group), 1u, tether::context());
+}
+
 // Makes the fair queue's groups, or fails to while `fail` is set.
 struct failing_maker {
   static inline bool fail = false;
@@ -1317,12 +1323,9 @@ TEST_CASE("a task whose new group cannot be made waits parked, in order, and can
   // Submits put tasks on the queue's intake, and the worker that next takes the lock files them into their groups;
   // without memory for a new group the task is parked, since that worker cannot throw. Made to fail on demand.
   using tether::detail::fair_queue;
-  const auto task = [](const char* id, const char* group) {
-    return tether::detail::make_ref<tether::detail::task_body<void, void (*)()>>(
-        +[] {}, std::string(id), tether::detail::name_hash(id), std::string(group), 1u, tether::context());
-  };
   fair_queue queue({}, failing_maker::make);
-  auto a1 = task("a1", "a"), a2 = task("a2", "a"), b1 = task("b1", "b"), a3 = task("a3", "a"), c1 = task("c1", "c");
+  auto a1 = plain_task("a1", "a"), a2 = plain_task("a2", "a"), a3 = plain_task("a3", "a");
+  auto b1 = plain_task("b1", "b"), c1 = plain_task("c1", "c");
   failing_maker::fail = true;
   queue.push(*a1, nullptr);
   queue.push(*a2, nullptr);
@@ -1353,8 +1356,79 @@ TEST_CASE("a task whose new group cannot be made waits parked, in order, and can
   const auto live = queue.close();
   CHECK(live.size() == 1);
   CHECK((!live.empty() && live[0].get() == c1.get()));
-  CHECK(error_of([&] { queue.push(*task("c2", "c"), nullptr); }) == tether::errc::executor_stopped);
+  CHECK(error_of([&] { queue.push(*plain_task("c2", "c"), nullptr); }) == tether::errc::executor_stopped);
   failing_maker::fail = false;
+}
+
+// Makes the fair queue's groups, or fails to for the group "new" while `fail_new` is set.
+struct selective_maker {
+  static inline bool fail_new = false;
+  static std::unique_ptr<tether::detail::queue_group> make(const std::string& name) {
+    if (fail_new && name == "new") throw std::bad_alloc();
+    return tether::detail::fair_queue::make_group(name);
+  }
+};
+
+TEST_CASE("while a parked task blocks, tasks behind it in the intake can be cancelled, listed and replaced") {
+  // A task parked for want of memory must not keep the intake from being filed: tasks pushed after it are then
+  // parked behind it, where remove(), take_matching() and a replacing push find them. (The first version stopped
+  // filing at the parked task, and these took intake tasks for parked ones: a lost task, a task run after its
+  // cancel, and a use after free under ASan. Found in review.)
+  using tether::detail::fair_queue;
+  const auto drain = [](fair_queue& queue) {
+    std::vector<tether::detail::ref<tether::detail::task_record>> out;
+    while (auto t = queue.pop()) {
+      queue.finish(*t);
+      out.push_back(std::move(t));
+    }
+    return out;
+  };
+  SUBCASE("remove") {
+    fair_queue queue({}, selective_maker::make);
+    auto p = plain_task("p", "new"), t = plain_task("t", "other");
+    selective_maker::fail_new = true;
+    queue.push(*p, nullptr);
+    CHECK_FALSE(queue.pop());  // p parked
+    queue.push(*t, nullptr);   // t in the intake
+    CHECK(queue.remove(*t));
+    CHECK(queue.queued() == 1);
+    selective_maker::fail_new = false;
+    const auto out = drain(queue);
+    REQUIRE(out.size() == 1);  // p, and not t
+    CHECK(out[0].get() == p.get());
+    CHECK(queue.queued() == 0);
+  }
+  SUBCASE("take_matching") {
+    fair_queue queue({}, selective_maker::make);
+    auto p = plain_task("p", "new"), t = plain_task("t", "other");
+    selective_maker::fail_new = true;
+    queue.push(*p, nullptr);
+    CHECK_FALSE(queue.pop());
+    queue.push(*t, nullptr);
+    std::vector<tether::detail::ref<tether::detail::task_record>> taken, running;
+    queue.take_matching([](std::string_view) { return true; }, taken, running);
+    CHECK(taken.size() == 2);
+    CHECK(queue.queued() == 0);
+    selective_maker::fail_new = false;
+    CHECK(drain(queue).empty());
+  }
+  SUBCASE("a replacing push") {
+    fair_queue queue({}, selective_maker::make);
+    auto p = plain_task("p", "new"), old = plain_task("k", "other");
+    auto fresh = plain_task("k", "other");
+    selective_maker::fail_new = true;
+    queue.push(*p, nullptr);
+    CHECK_FALSE(queue.pop());
+    queue.push(*old, nullptr);      // in the intake, behind p
+    queue.push(*fresh, old.get());  // takes `old` out, and waits behind p too
+    CHECK(queue.queued() == 2);
+    selective_maker::fail_new = false;
+    const auto out = drain(queue);
+    REQUIRE(out.size() == 2);
+    CHECK(out[0].get() == p.get());
+    CHECK(out[1].get() == fresh.get());
+  }
+  selective_maker::fail_new = false;
 }
 
 TEST_CASE("stress: submits racing shutdown are each refused or brought to an end before shutdown returns" *

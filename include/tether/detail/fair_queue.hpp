@@ -74,13 +74,14 @@ struct queue_limits {
 /// which lets go of it only after finish().
 ///
 /// Most pushes do not take the lock: they put the task on the intake, a lock-free stack, and whoever takes the lock
-/// next files what the intake holds into the groups, oldest first. The lines a push touches are then its own and the
-/// intake's, not the groups' and the lock's, which the workers hold most of the time. That is what counts when the
+/// next files what the intake holds into the groups, oldest first. A push then touches its own lines, the intake's and
+/// the count's, not the groups' and the lock's, which the workers hold most of the time. That is what counts when the
 /// host runs the two vCPUs far apart and a line that crosses costs 300-450 ns (docs/task_manager.md has figures). A
 /// push that replaces a live task takes the lock, and so does every push while max_queued_per_group is set (its
-/// count is per group). A task whose group is new and cannot be made for want of memory waits, parked, until it can;
+/// count is per group). A task whose group is new and cannot be made for want of memory waits, parked, until it can,
+/// and so do the tasks pushed after it (meanwhile the workers find work counted that they cannot take, and spin);
 /// close() puts a mark at the intake's head, so that a push either lands before it or is refused.
-/// **Thread safety:** every member from any thread (one lock; queued() is a lock-free read).
+/// **Thread safety:** every member from any thread (one lock, and the intake's head; queued() is a lock-free read).
 class fair_queue {
 public:
   /// Makes a group; throws bad_alloc. Tests pass one that fails on demand.
@@ -122,7 +123,7 @@ public:
   /// Refuses every later push() and returns the tasks that are queued or running now.
   TETHER_DECL std::vector<ref<task_record>> close();
 
-  /// True after close(); a hint for early refusal (push() checks again under the lock).
+  /// True after close(); a hint for early refusal (push() checks again: under the lock, or by the intake's mark).
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   /// How many tasks are queued; a hint read without the lock (seq_cst: pairs with a worker's sleep check).

@@ -56,7 +56,8 @@ TETHER_DECL std::string describe_exception(const std::exception_ptr& error) noex
 /// successor under the same id has another record. Records are shared (reference counted) between the registry,
 /// the fair queue, the worker running the task and the handles.
 /// **Thread safety:** the atomics and events from any thread; the result fields behind `mutex_`; the queue links
-/// only under the fair queue's mutex.
+/// only under the fair queue's mutex, but for the submit that sets them before the queue's intake publishes the
+/// record.
 class task_record : public ref_counted {
 public:
   /// `hash` is name_hash(id).
@@ -82,7 +83,7 @@ public:
   /// goes straight on.
   const std::chrono::system_clock::time_point submitted;
 
-  // The fair queue's links (its mutex guards them).
+  // The fair queue's links: its mutex guards them, once a submit has set them and the intake published the record.
   task_record* prev = nullptr;
   task_record* next = nullptr;
   queue_group* home = nullptr;

@@ -37,7 +37,13 @@ TETHER_DECL void fair_queue::push(task_record& task, task_record* replaced) {
     check_bounds(task, known, take_replaced ? replaced : nullptr);
     queue_group& g = known ? *known : add_group(task.group);
     intrusive_ptr_add_ref(&task);
-    file(task, g);
+    if (parked_.empty()) {
+      file(task, g);
+    } else {  // behind the tasks parked for want of memory, as a push through the intake would be
+      task.home = nullptr;
+      task.place = task_place::queued;
+      parked_.push_back(task);
+    }
     ++total_;
     // Only now, so that a group left empty by the replaced task is not forgotten while `g` is in use. One in, one
     // out: the count stays, and it is not 0, so no worker sleeps on it.
@@ -92,10 +98,13 @@ TETHER_DECL void fair_queue::drain_locked() noexcept {
   // Parked tasks first, in order, while their groups can be made.
   while (task_record* t = parked_.front()) {
     queue_group* g = group_for(t->group);
-    if (!g) return;  // still no memory: what the intake holds waits behind them
+    if (!g) break;  // still no memory
     parked_.erase(*t);
     file(*t, *g);
   }
+  // The intake is taken even when parked tasks remain (what it holds is then parked behind them), so that once a
+  // drain returns every pushed task is filed or parked: remove(), take_matching() and a replacing push unlink only
+  // from there.
   task_record* newest = intake_.load(std::memory_order_relaxed);
   if (!newest || newest == closed_mark()) return;
   // Submitters only add to a head that is not the closed mark, and close() sets it under this lock: the exchange
@@ -235,6 +244,12 @@ TETHER_DECL void fair_queue::take_matching(const std::function<bool(std::string_
   std::lock_guard lock(mutex_);
   drain_locked();
   const std::size_t before = total_;
+  // However this ends (the vectors may throw bad_alloc), the count follows what was taken out.
+  struct recount {
+    fair_queue& q;
+    std::size_t before;
+    ~recount() { q.queued_.fetch_sub(static_cast<std::ptrdiff_t>(before - q.total_), std::memory_order_seq_cst); }
+  } recount_on_exit{*this, before};
   for (task_record* t = parked_.front(); t;) {
     task_record* next = t->next;
     if (match(t->group)) {
@@ -255,7 +270,6 @@ TETHER_DECL void fair_queue::take_matching(const std::function<bool(std::string_
       unlink_queued(*t);
     }
   }
-  queued_.fetch_sub(static_cast<std::ptrdiff_t>(before - total_), std::memory_order_seq_cst);
 }
 
 TETHER_DECL std::vector<ref<task_record>> fair_queue::close() {
