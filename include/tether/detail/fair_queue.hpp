@@ -125,6 +125,8 @@ public:
 
   /// True after close(); a hint for early refusal (push() checks again: under the lock, or by the intake's mark).
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+  /// Throws executor_stopped for a submit of `task` after close().
+  [[noreturn]] TETHER_DECL static void refuse_closed(const task_record& task);
 
   /// How many tasks are queued; a hint read without the lock (seq_cst: pairs with a worker's sleep check).
   std::size_t queued() const noexcept {
@@ -140,6 +142,9 @@ private:
   TETHER_DECL queue_group* group_for(const std::string& name) noexcept;
   /// Puts `task` (in no list) at the end of `g`'s queue.
   TETHER_DECL void file(task_record& task, queue_group& g) noexcept;
+  /// Counts `task` (in no list) as queued and files it in `g`, or parks it when `g` is null (no memory for it) or
+  /// other tasks are parked (it goes behind them).
+  TETHER_DECL void file_or_park(task_record& task, queue_group* g) noexcept;
   TETHER_DECL void push_unlocked(task_record& task);
   /// Files the parked tasks, then what the intake holds, oldest first; what cannot be filed is parked.
   TETHER_DECL void drain_locked() noexcept;

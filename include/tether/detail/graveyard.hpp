@@ -72,9 +72,9 @@ public:
     generation& g = generations_[newest_];
     if (g.count == 0) g.first_at = at;
     g.last_at = std::max(g.last_at, at);  // two workers' evictions may come a little out of order
-    // Without memory for this one, none after it goes into this generation either: a place in the log is what
-    // numbers an eviction, so a gap would misnumber every later one.
-    if (g.sealed || !g.make_room(memory_)) {
+    // Without memory for this one, none after it goes into this generation either (turn_due() turns a sealed one
+    // over): a place in the log is what numbers an eviction, so a gap would misnumber every later one.
+    if (!g.make_room(memory_)) {
       g.sealed = true;
       return;
     }

@@ -30,21 +30,12 @@ TETHER_DECL void fair_queue::push(task_record& task, task_record* replaced) {
     std::lock_guard lock(mutex_);
     drain_locked();  // what earlier pushes left in the intake goes first, and `replaced` may be there
     take_replaced = replaced && replaced->place == task_place::queued;
-    if (closed_.load(std::memory_order_relaxed))  // partner: mutex_
-      raise(errc::executor_stopped, "tether::task_manager::submit: task '{}' rejected: the manager was shut down",
-            task.id);
+    if (closed_.load(std::memory_order_relaxed)) refuse_closed(task);  // partner: mutex_
     queue_group* known = find_group(task.group);
     check_bounds(task, known, take_replaced ? replaced : nullptr);
     queue_group& g = known ? *known : add_group(task.group);
     intrusive_ptr_add_ref(&task);
-    if (parked_.empty()) {
-      file(task, g);
-    } else {  // behind the tasks parked for want of memory, as a push through the intake would be
-      task.home = nullptr;
-      task.place = task_place::queued;
-      parked_.push_back(task);
-    }
-    ++total_;
+    file_or_park(task, &g);
     // Only now, so that a group left empty by the replaced task is not forgotten while `g` is in use. One in, one
     // out: the count stays, and it is not 0, so no worker sleeps on it.
     if (take_replaced) unlink_queued(*replaced);
@@ -64,8 +55,7 @@ TETHER_DECL void fair_queue::push_unlocked(task_record& task) {
   do {
     if (newest == closed_mark()) {
       intrusive_ptr_release(&task);  // not the last: the caller holds one
-      raise(errc::executor_stopped, "tether::task_manager::submit: task '{}' rejected: the manager was shut down",
-            task.id);
+      refuse_closed(task);
     }
     task.next = newest;
     // release: the record's fields reach whoever takes the intake.
@@ -123,11 +113,22 @@ TETHER_DECL void fair_queue::absorb(task_record* newest) noexcept {
   while (oldest) {
     task_record& t = *std::exchange(oldest, oldest->next);
     t.next = nullptr;
-    ++total_;
-    queue_group* g = parked_.empty() ? group_for(t.group) : nullptr;
-    if (g) file(t, *g);
-    else parked_.push_back(t);  // place stays queued, home null: remove() and take_matching() find it here
+    file_or_park(t, parked_.empty() ? group_for(t.group) : nullptr);  // no group made for a task that waits anyway
   }
+}
+
+TETHER_DECL void fair_queue::file_or_park(task_record& task, queue_group* g) noexcept {
+  ++total_;
+  if (g && parked_.empty()) return file(task, *g);
+  // Behind the tasks parked for want of memory, or parked itself; remove() and take_matching() find it here.
+  task.home = nullptr;
+  task.place = task_place::queued;
+  parked_.push_back(task);
+}
+
+TETHER_DECL void fair_queue::refuse_closed(const task_record& task) {
+  raise(errc::executor_stopped, "tether::task_manager::submit: task '{}' rejected: the manager was shut down",
+        task.id);
 }
 
 TETHER_DECL void fair_queue::check_bounds(const task_record& task, const queue_group* g,

@@ -66,9 +66,7 @@ TETHER_DECL void task_core::submit(task_record& task, on_duplicate duplicate) {
   if (task.weight == 0)
     raise(errc::invalid_argument, "tether::task_manager::submit: task '{}' has weight 0; weights start at 1", task.id);
   // Checked first so that after shutdown() every submit says so, not duplicate_task; push() checks again.
-  if (queue_.closed())
-    raise(errc::executor_stopped, "tether::task_manager::submit: task '{}' rejected: the manager was shut down",
-          task.id);
+  if (queue_.closed()) fair_queue::refuse_closed(task);
   ref<task_record> previous;
   registry_.insert(task, [&](task_record* live) {
     if (live && duplicate == on_duplicate::reject)
