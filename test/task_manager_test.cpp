@@ -1360,6 +1360,44 @@ TEST_CASE("a task whose new group cannot be made waits parked, in order, and can
   failing_maker::fail = false;
 }
 
+TEST_CASE("take_matching takes nothing out when it throws part way") {
+  // A task taken out of the queue and then dropped by an exception would never end: whoever waits for it would wait
+  // for ever. take_matching() first does all that may throw (the match, growing its vectors), then takes out. The
+  // match throws here on its second call, while the first parked task already matched; the first version had taken
+  // that one out by then, and it was lost.
+  using tether::detail::fair_queue;
+  fair_queue queue({}, failing_maker::make);
+  auto p1 = plain_task("p1", "x"), p2 = plain_task("p2", "y"), q1 = plain_task("q1", "z");
+  failing_maker::fail = true;
+  queue.push(*p1, nullptr);
+  queue.push(*p2, nullptr);
+  CHECK_FALSE(queue.pop());  // both parked
+  int calls = 0;
+  std::vector<tether::detail::ref<tether::detail::task_record>> taken, running;
+  const auto throwing = [&](std::string_view) -> bool {
+    if (++calls == 2) throw std::runtime_error("match failed");
+    return true;
+  };
+  CHECK_THROWS_AS(queue.take_matching(throwing, taken, running), std::runtime_error);
+  CHECK(taken.empty());
+  CHECK(queue.queued() == 2);
+  // The same with filed tasks (the next drain files all three): the third call throws, after two groups matched.
+  failing_maker::fail = false;
+  queue.push(*q1, nullptr);
+  calls = -1;
+  CHECK_THROWS_AS(queue.take_matching(throwing, taken, running), std::runtime_error);
+  CHECK(taken.empty());
+  CHECK(queue.queued() == 3);
+  // Nothing was lost: all three come out, parked ones first.
+  std::vector<const tether::detail::task_record*> order;
+  while (auto t = queue.pop()) {
+    order.push_back(t.get());
+    queue.finish(*t);
+  }
+  CHECK(order == std::vector<const tether::detail::task_record*>{p1.get(), p2.get(), q1.get()});
+  CHECK(queue.queued() == 0);
+}
+
 // Makes the fair queue's groups, or fails to for the group "new" while `fail_new` is set.
 struct selective_maker {
   static inline bool fail_new = false;

@@ -116,7 +116,7 @@ public:
   TETHER_DECL bool remove(task_record& task) noexcept;
 
   /// Takes every queued task of the groups that `match` accepts out of the queue (into `queued`) and lists their
-  /// running ones (into `running`).
+  /// running ones (into `running`). When `match` or an allocation throws, no task has been taken out yet.
   TETHER_DECL void take_matching(const std::function<bool(std::string_view)>& match,
                                  std::vector<ref<task_record>>& queued, std::vector<ref<task_record>>& running);
 

@@ -244,33 +244,33 @@ TETHER_DECL void fair_queue::take_matching(const std::function<bool(std::string_
                                            std::vector<ref<task_record>>& running) {
   std::lock_guard lock(mutex_);
   drain_locked();
-  const std::size_t before = total_;
-  // However this ends (the vectors may throw bad_alloc), the count follows what was taken out.
-  struct recount {
-    fair_queue& q;
-    std::size_t before;
-    ~recount() { q.queued_.fetch_sub(static_cast<std::ptrdiff_t>(before - q.total_), std::memory_order_seq_cst); }
-  } recount_on_exit{*this, before};
-  for (task_record* t = parked_.front(); t;) {
-    task_record* next = t->next;
-    if (match(t->group)) {
-      queued.emplace_back(t, false);  // takes over the queue's reference
-      unlink_queued(*t);
-    }
-    t = next;
-  }
+  // First everything that may throw (`match`, and growing the vectors), while nothing is taken out yet: a task taken
+  // out of the queue and then dropped by an exception would never end, and its waiters would wait for ever.
+  std::vector<task_record*> parked_hits;
+  for (task_record* t = parked_.front(); t; t = t->next)
+    if (match(t->group)) parked_hits.push_back(t);
   std::vector<queue_group*> hit;
-  for (auto& [name, g] : groups_)
-    if (match(name)) hit.push_back(g.get());
-  for (queue_group* g : hit) {
+  std::size_t count = parked_hits.size();
+  for (auto& [name, g] : groups_) {
+    if (!match(name)) continue;
+    hit.push_back(g.get());
+    count += g->queued_count;
     for (task_record* t = g->running.front(); t; t = t->next) running.emplace_back(t);
+  }
+  queued.reserve(queued.size() + count);
+  // Then the taking out, which cannot fail: emplace_back has the room.
+  for (task_record* t : parked_hits) {
+    queued.emplace_back(t, false);  // takes over the queue's reference
+    unlink_queued(*t);
+  }
+  for (queue_group* g : hit)
     // Counted, because the last unlink may forget the group (when nothing of it runs): `g` is not read after it.
     for (std::size_t n = g->queued_count; n > 0; --n) {
       task_record* t = g->queued.front();
-      queued.emplace_back(t, false);  // takes over the queue's reference
+      queued.emplace_back(t, false);
       unlink_queued(*t);
     }
-  }
+  queued_.fetch_sub(static_cast<std::ptrdiff_t>(count), std::memory_order_seq_cst);
 }
 
 TETHER_DECL std::vector<ref<task_record>> fair_queue::close() {
