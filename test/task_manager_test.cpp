@@ -660,6 +660,54 @@ TEST_CASE("the graveyard finds exactly an id's latest eviction among the newest 
   }
 }
 
+TEST_CASE("the id table finds every record it holds and no other, through shared tags, wrap-around and growth") {
+  // A slot keeps a record's address and the low 16 bits of its hash; the table compares the rest (the hash, then
+  // the id) in the record itself. Small: hashes crowd onto four homes at both ends of the array, so probe runs
+  // wrap around and erasing moves entries back across the end; some records share a whole hash. Large: 40,000
+  // records grow the table past 65,536 slots, where an entry's home no longer fits in those 16 bits and erase and
+  // growth read it from the record.
+  using namespace tether::detail;
+  const auto record = [](const std::string& id, std::uint64_t hash) {
+    return ref<task_record>(make_ref<task_body<void, void (*)()>>(+[] {}, id, hash, std::string("g"), 1u,
+                                                                   tether::context()));
+  };
+  std::mt19937_64 rng(11);
+  for (const bool small : {true, false}) {
+    CAPTURE(small);
+    table_hint hint;
+    id_table table(hint);
+    const std::size_t count = small ? 300 : 40'000;
+    std::vector<ref<task_record>> held, gone;
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::uint64_t low16[] = {0xffff, 0xfffe, 0x0000, 0x0001};
+      std::uint64_t hash = small ? (rng() & ~std::uint64_t{0xffff}) | low16[rng() % 4] : rng();
+      if (small && i % 10 == 9) hash = held.back()->hash;  // the same hash as another id
+      held.push_back(record("t" + std::to_string(i), hash));
+      table.reserve_one();
+      table.insert(*held.back());
+    }
+    std::shuffle(held.begin(), held.end(), rng);
+    for (std::size_t i = 0; i < count / 2; ++i) {
+      id_table::slot* at = table.find(*held.back());
+      REQUIRE(at);
+      table.erase(*at);
+      gone.push_back(std::move(held.back()));
+      held.pop_back();
+    }
+    CHECK(table.records() == held.size());
+    std::size_t wrong = 0;
+    for (const ref<task_record>& r : held) {
+      const id_table::slot* by_id = table.find(r->id, r->hash);
+      wrong += !by_id || by_id->record() != r.get() || table.find(*r) != by_id;
+      // Another id with the same hash, and one whose hash differs only above the 16 bits the slot keeps.
+      wrong += table.find(r->id + "x", r->hash) != nullptr;
+      wrong += table.find(r->id, r->hash ^ (std::uint64_t{1} << 40)) != nullptr;
+    }
+    for (const ref<task_record>& r : gone) wrong += table.find(r->id, r->hash) != nullptr || table.find(*r) != nullptr;
+    CHECK(wrong == 0);
+  }
+}
+
 TEST_CASE("the graveyard tells apart hashes that share a slot's tag and home, and counts each eviction of an id") {
   // A slot keeps only the hash's top 24 bits and its home is the low bits: two hashes that agree on both, and differ
   // in between, must still be told apart (by the hash in the log).

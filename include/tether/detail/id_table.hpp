@@ -28,16 +28,38 @@ struct table_hint {
   }
 };
 
-/// Open addressing with linear probing over slots of {hash, record}: a lookup reads one or two cache lines of the
-/// array and compares ids only on a full 64-bit hash match. (A node-based std::unordered_map took a cache miss
-/// per node, and its lookups were the largest cost of a task.) The table owns one reference to each record.
+/// Open addressing with linear probing over 8-byte slots, each a record's address with the low 16 bits of its id's
+/// hash above it. A lookup reads one cache line of the array, mostly, and reads a record only when those bits match.
+/// (A node-based std::unordered_map took a cache miss per node, and its lookups were the largest cost of a task.
+/// Slots of {hash, record}, 16 bytes, made the tables twice as large: at the default retention bound 4 to 8 MB,
+/// and a submit's slot was then mostly out of the cache; see docs/task_manager.md.) The table owns one reference to
+/// each record. Records must lie below 2^48, as every user-space address does on 64-bit Linux unless an allocator
+/// asks for a higher one: fits() tells.
 /// **Thread safety:** none; the registry's shard lock guards it.
 class id_table {
 public:
-  struct slot {
-    std::uint64_t hash = 0;
-    task_record* record = nullptr;  ///< nullptr: empty
+  static_assert(sizeof(void*) == 8, "a slot packs a 48-bit address and 16 bits of hash into 64 bits");
+  class slot {
+  public:
+    /// nullptr: empty.
+    task_record* record() const noexcept { return reinterpret_cast<task_record*>(bits_ & address_mask); }
+
+  private:
+    friend class id_table;
+    static constexpr int address_bits = 48;
+    static constexpr std::uint64_t address_mask = (std::uint64_t{1} << address_bits) - 1;
+    static std::uint64_t tag_of(std::uint64_t hash) noexcept { return hash & 0xffff; }
+    std::uint64_t tag() const noexcept { return bits_ >> address_bits; }
+    void set(task_record& record) noexcept {
+      bits_ = tag_of(record.hash) << address_bits | reinterpret_cast<std::uintptr_t>(&record);
+    }
+    std::uint64_t bits_ = 0;
   };
+
+  /// Whether the table can hold `record`: its address fits in 48 bits.
+  static bool fits(const task_record& record) noexcept {
+    return (reinterpret_cast<std::uintptr_t>(&record) & ~slot::address_mask) == 0;
+  }
 
   /// `hint` is where the table tells prefetch() callers where its array is; it must outlive the table.
   explicit id_table(table_hint& hint) noexcept : hint_(hint) {}
@@ -47,7 +69,7 @@ public:
     // The entries are cold, one cache miss each: ask for a few ahead, so that the misses overlap.
     constexpr std::size_t ahead = 8;
     for (std::size_t i = 0; i < capacity_; ++i) {
-      if (i + ahead < capacity_) __builtin_prefetch(slots_[i + ahead].record, 1);
+      if (i + ahead < capacity_) __builtin_prefetch(slots_[i + ahead].record(), 1);
       release(slots_[i]);
     }
   }
@@ -55,9 +77,10 @@ public:
   /// The slot holding `id`, or nullptr.
   slot* find(std::string_view id, std::uint64_t hash) noexcept {
     if (capacity_ == 0) return nullptr;
-    for (std::size_t i = hash & mask(); slots_[i].record; i = (i + 1) & mask()) {
+    const std::uint64_t tag = slot::tag_of(hash);
+    for (std::size_t i = hash & mask(); slots_[i].record(); i = (i + 1) & mask()) {
       const slot& s = slots_[i];
-      if (s.hash == hash && s.record->id == id) return &slots_[i];
+      if (s.tag() == tag && s.record()->hash == hash && s.record()->id == id) return &slots_[i];
     }
     return nullptr;
   }
@@ -65,8 +88,8 @@ public:
   /// The slot holding exactly this record, or nullptr (another submission has its id now).
   slot* find(const task_record& record) noexcept {
     if (capacity_ == 0) return nullptr;
-    for (std::size_t i = record.hash & mask(); slots_[i].record; i = (i + 1) & mask())
-      if (slots_[i].record == &record) return &slots_[i];
+    for (std::size_t i = record.hash & mask(); slots_[i].record(); i = (i + 1) & mask())
+      if (slots_[i].record() == &record) return &slots_[i];
     return nullptr;
   }
 
@@ -75,27 +98,31 @@ public:
     if ((size_ + 1) * 2 > capacity_) grow();
   }
 
-  /// Files `record` (whose id is not in the table) and takes a reference to it. Call reserve_one() first.
+  /// Files `record` (whose id is not in the table, and which fits()) and takes a reference to it. Call reserve_one()
+  /// first.
   void insert(task_record& record) noexcept {
     std::size_t i = record.hash & mask();
-    while (slots_[i].record) i = (i + 1) & mask();
+    while (slots_[i].record()) i = (i + 1) & mask();
     intrusive_ptr_add_ref(&record);
-    slots_[i] = {record.hash, &record};
+    slots_[i].set(record);
     ++size_;
   }
 
-  /// Puts `record` in place of the record `s` holds (the same id); returns that one with the table's reference.
+  /// Puts `record` (which fits()) in place of the record `s` holds (the same id); returns that one with the table's
+  /// reference.
   [[nodiscard]] task_record* replace(slot& s, task_record& record) noexcept {
     intrusive_ptr_add_ref(&record);
-    return std::exchange(s.record, &record);
+    task_record* old = s.record();
+    s.set(record);
+    return old;
   }
 
   /// Empties `s`, releasing what it held, and moves later entries of its probe run back into the gap.
   void erase(slot& s) noexcept {
     release(s);
     std::size_t hole = static_cast<std::size_t>(&s - slots_.get());
-    for (std::size_t i = (hole + 1) & mask(); slots_[i].record; i = (i + 1) & mask()) {
-      const std::size_t home = slots_[i].hash & mask();
+    for (std::size_t i = (hole + 1) & mask(); slots_[i].record(); i = (i + 1) & mask()) {
+      const std::size_t home = home_of(slots_[i]);
       // The entry may move into the hole when its home is not in (hole, i], going round the end of the array.
       const bool stays = hole < i ? (home > hole && home <= i) : (home > hole || home <= i);
       if (stays) continue;
@@ -110,7 +137,7 @@ public:
   template <class Fn>
   void for_each_record(Fn&& fn) const {
     for (std::size_t i = 0; i < capacity_; ++i)
-      if (task_record* r = slots_[i].record) fn(*r);
+      if (task_record* r = slots_[i].record()) fn(*r);
   }
 
   std::size_t records() const noexcept { return size_; }
@@ -118,9 +145,15 @@ public:
 private:
   std::size_t mask() const noexcept { return capacity_ - 1; }
 
+  /// Where the entry in `s` belongs. The slot's 16 bits of hash tell in all but tables of over 65,536 slots (over
+  /// four million records in the registry's 64), where the record has to be read.
+  std::size_t home_of(const slot& s) const noexcept {
+    return (capacity_ <= 0x10000 ? s.tag() : s.record()->hash) & mask();
+  }
+
   static void release(slot& s) noexcept {
-    if (s.record) intrusive_ptr_release(s.record);
-    s.record = nullptr;
+    if (task_record* r = s.record()) intrusive_ptr_release(r);
+    s = slot();
   }
 
   void grow() {
@@ -128,9 +161,9 @@ private:
     std::unique_ptr<slot[]> old = std::exchange(slots_, std::make_unique<slot[]>(capacity));
     const std::size_t old_capacity = std::exchange(capacity_, capacity);
     for (std::size_t i = 0; i < old_capacity; ++i) {
-      if (!old[i].record) continue;
-      std::size_t j = old[i].hash & mask();
-      while (slots_[j].record) j = (j + 1) & mask();
+      if (!old[i].record()) continue;
+      std::size_t j = home_of(old[i]);
+      while (slots_[j].record()) j = (j + 1) & mask();
       slots_[j] = old[i];
     }
     hint_.mask.store(mask(), std::memory_order_relaxed);  // relaxed: only prefetches read them

@@ -55,20 +55,26 @@ public:
   }
 
   /// Files `task` under its id. Under the id's lock, calls `admit(previous)` with the queued or running task that
-  /// has the id (nullptr when none); when admit throws, nothing changes.
+  /// has the id (nullptr when none); when admit throws, nothing changes. Throws invalid_argument for a record that
+  /// the tables cannot hold (see id_table::fits()).
   template <class Admit>
   void insert(task_record& task, Admit&& admit) {
+    if (!id_table::fits(task)) [[unlikely]]
+      raise(errc::invalid_argument,
+            "tether::task_manager::submit: task '{}' was allocated at {}, above the 48-bit addresses the registry "
+            "can hold (an allocator that maps memory that high)",
+            task.id, static_cast<const void*>(&task));
     shard& s = shard_of(task.hash);
     // Released after the lock: an evictor that saw the record superseded may have let go of it already, and a
     // record's destructor runs user code (its result's and its context's).
     ref<task_record> gone;
     std::lock_guard lock(s.lock);
     id_table::slot* slot = s.table.find(task.id, task.hash);
-    task_record* live = slot ? slot->record : nullptr;
+    task_record* live = slot ? slot->record() : nullptr;
     if (!slot) s.table.reserve_one();  // before admit: once admitted, filing the task must not fail
     admit(live && !live->has_ended() ? live : nullptr);
     if (slot) {  // a finished record goes; a live one was replaced
-      slot->record->superseded.store(true, std::memory_order_relaxed);
+      slot->record()->superseded.store(true, std::memory_order_relaxed);
       gone.reset(s.table.replace(*slot, task), false);
     } else {
       s.table.insert(task);

@@ -33,7 +33,7 @@ TETHER_DECL task_registry::found task_registry::find(std::string_view id) const 
     shard& s = shard_of(hash);
     std::lock_guard lock(s.lock);
     if (const id_table::slot* slot = s.table.find(id, hash)) {
-      task_record* r = slot->record;
+      task_record* r = slot->record();
       if (r->has_ended() && expired(*r, coarse_clock::now())) return {nullptr, task_known::expired};
       return {ref<task_record>(r), task_known::live};
     }
