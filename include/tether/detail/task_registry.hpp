@@ -48,7 +48,7 @@ public:
   TETHER_DECL found find(std::string_view id) const;
 
   /// A hint, without the lock: starts loading the table slot where an id with this hash would be, and its shard's
-  /// lock (for writing), so that the two misses overlap instead of coming one after the other.
+  /// lock, so that the two misses overlap instead of coming one after the other.
   void prefetch(std::uint64_t hash) const noexcept {
     hints_[hash >> 58].prefetch(hash, sizeof(id_table::slot));
     __builtin_prefetch(&shard_of(hash), 1);
