@@ -22,6 +22,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace {
@@ -720,6 +721,32 @@ TEST_CASE("main_thread() is one executor owned by the main thread from the start
 
   std::thread intruder([] { CHECK(error_of([] { tether::main_thread().poll(); }) == tether::errc::invalid_argument); });
   intruder.join();
+}
+
+TEST_CASE("in the child of a fork() made on another thread, main_thread() belongs to the thread that forked" *
+          doctest::skip(TETHER_SANITIZED) * doctest::timeout(60)) {
+  // The child has only the thread that forked; the main thread, which owned main_thread(), stayed in the parent. A
+  // call on main_thread() in the child must run inline on its one thread, not wait for a thread that is not there
+  // (before the fork handler it did, and the alarm ended the child). The executor that thread owned stays its own.
+  REQUIRE(tether::main_thread().on_owner_thread());
+  int status = -1;
+  std::thread([&] {
+    tether::affine_executor own("forker");
+    own.poll();  // owned by this thread
+    const pid_t child = ::fork();
+    if (child == 0) {
+      ::alarm(10);
+      const bool owns_main = tether::main_thread().on_owner_thread();
+      const bool answered = tether::main_thread().call([] { return 42; }) == 42;
+      const bool owns_own = own.on_owner_thread() && own.call([] { return 7; }) == 7;
+      ::_exit(owns_main && answered && owns_own ? 0 : 1);
+    }
+    REQUIRE(child > 0);
+    REQUIRE(::waitpid(child, &status, 0) == child);
+  }).join();
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(tether::main_thread().on_owner_thread());  // the parent's main thread still owns it
 }
 
 TEST_CASE("call from a task manager task suspends only that task's fiber, not its worker thread" *

@@ -25,8 +25,15 @@ struct affine_node {
   std::atomic<pid_t> owner;
 };
 
-/// The kernel thread id of the calling thread, read once per thread.
+/// The kernel thread id of the calling thread, read once per thread. In the child of a fork(), the thread that
+/// forked keeps the id it had in the parent, so the executors it owned stay its own.
 TETHER_DECL pid_t current_tid() noexcept;
+
+/// The id of the thread that owns main_thread(): the process's main thread (whose kernel id is the process id), or
+/// in the child of a fork() the thread that forked, the child's only thread. `main` is main_thread()'s node, which a
+/// fork() then hands to that thread.
+TETHER_DECL TETHER_VISIBLE pid_t main_thread_tid() noexcept;
+TETHER_DECL TETHER_VISIBLE void set_main_thread_node(affine_node& main) noexcept;
 
 /// True when the calling thread owns, or may own, an affine executor: it claimed one, or it is the process's main
 /// thread (which owns main_thread()). Only such threads can be part of a cycle, so only they pay for the check.

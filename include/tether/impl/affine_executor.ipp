@@ -272,9 +272,14 @@ TETHER_DECL void affine_executor::report(std::exception_ptr escaped) noexcept {
 
 TETHER_DECL TETHER_VISIBLE affine_executor& main_thread() {
   // Built in place and never destroyed; stopped at exit, so a thread that calls it late gets executor_stopped
-  // instead of a dead object. The main thread's kernel id is the process id.
+  // instead of a dead object. Its owner is the main thread (whose kernel id is the process id), or after a fork() the
+  // thread that forked; the fork handler in affine_graph.ipp hands it over.
   alignas(affine_executor) static unsigned char storage[sizeof(affine_executor)];
-  static affine_executor* const instance = new (storage) affine_executor(std::string("main_thread"), ::getpid());
+  static affine_executor* const instance = [] {
+    auto* made = new (storage) affine_executor(std::string("main_thread"), detail::main_thread_tid());
+    detail::set_main_thread_node(*made->node_);
+    return made;
+  }();
   static const struct stop_at_exit {
     ~stop_at_exit() { instance->stop(); }
   } stopper;

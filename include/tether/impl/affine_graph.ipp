@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include <pthread.h>
 #include <unistd.h>
 
 namespace tether::inline v1 {
@@ -56,9 +57,37 @@ TETHER_DECL pid_t current_tid() noexcept {
   return tid;
 }
 
+namespace affine_impl {
+/// main_thread()'s owner once a fork() made another thread the main one (0: the process's main thread), and its
+/// node once main_thread() exists.
+inline TETHER_VISIBLE pid_t forked_main_tid = 0;
+inline TETHER_VISIBLE std::atomic<affine_node*> main_node{nullptr};
+
+/// In the parent, on the thread about to fork: its id is read now, so that the child's only thread keeps it.
+inline void before_fork() noexcept { (void)current_tid(); }
+
+/// In the child: its only thread, the one that forked, owns main_thread() from now on; the main thread is gone.
+inline void after_fork_in_child() noexcept {
+  forked_main_tid = current_tid();
+  owner_flag() = 1;
+  if (affine_node* main = main_node.load(std::memory_order_acquire))
+    main->owner.store(forked_main_tid, std::memory_order_release);
+}
+
+inline const bool fork_handlers = (::pthread_atfork(&before_fork, nullptr, &after_fork_in_child), true);
+}  // namespace affine_impl
+
+TETHER_DECL TETHER_VISIBLE pid_t main_thread_tid() noexcept {
+  return affine_impl::forked_main_tid != 0 ? affine_impl::forked_main_tid : ::getpid();
+}
+
+TETHER_DECL TETHER_VISIBLE void set_main_thread_node(affine_node& main) noexcept {
+  affine_impl::main_node.store(&main, std::memory_order_release);
+}
+
 TETHER_DECL TETHER_VISIBLE bool may_own_affine_executor() noexcept {
   signed char& flag = affine_impl::owner_flag();
-  if (flag < 0) flag = current_tid() == ::getpid() ? 1 : 0;  // the main thread owns main_thread()
+  if (flag < 0) flag = current_tid() == main_thread_tid() ? 1 : 0;  // that thread owns main_thread()
   return flag > 0;
 }
 
