@@ -169,7 +169,7 @@ private:
     affine_executor& ex_;
   };
 
-  TETHER_DECL affine_executor(std::string name, pid_t owner);
+  TETHER_DECL affine_executor(std::string name, detail::thread_token owner, pid_t owner_tid);
 
   TETHER_DECL void accept(detail::affine_job* job, const char* api);
   TETHER_DECL void check_open(const char* api) const;

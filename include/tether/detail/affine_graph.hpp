@@ -16,23 +16,34 @@
 
 namespace tether::inline v1::detail {
 
+/// A thread as an executor's owner: 1 for the process's main thread, else a number no thread of the process had
+/// before; 0 is no thread. Not the kernel's thread id: the kernel gives an ended thread's id to a new one, and in
+/// the child of a fork() the thread that forked keeps what it had in the parent (so that it keeps owning what it
+/// owned), which a new thread of the child could then share.
+using thread_token = std::uint64_t;
+
 /// An executor's identity, shared with the wait-for graph so that an edge can outlive the executor it points to.
 struct affine_node {
-  explicit affine_node(std::string executor_name, pid_t owner_tid = 0)
-      : name(std::move(executor_name)), owner(owner_tid) {}
+  explicit affine_node(std::string executor_name, thread_token owner_thread = 0, pid_t owner_thread_id = 0)
+      : name(std::move(executor_name)), owner(owner_thread), owner_tid(owner_thread_id) {}
   const std::string name;
-  /// The kernel thread id of the owner thread; 0 until one of run*/poll claims the executor.
-  std::atomic<pid_t> owner;
+  /// The owner thread; 0 until one of run*/poll claims the executor.
+  std::atomic<thread_token> owner;
+  /// The owner's kernel thread id, as a debugger shows it: for messages only.
+  std::atomic<pid_t> owner_tid;
 };
 
-/// The kernel thread id of the calling thread, read once per thread. In the child of a fork(), the thread that
-/// forked keeps the id it had in the parent, so the executors it owned stay its own.
-TETHER_DECL pid_t current_tid() noexcept;
+/// The calling thread's token, made once per thread.
+TETHER_DECL TETHER_VISIBLE thread_token current_thread() noexcept;
 
-/// The id of the thread that owns main_thread(): the process's main thread (whose kernel id is the process id), or
-/// in the child of a fork() the thread that forked, the child's only thread. `main` is main_thread()'s node, which a
-/// fork() then hands to that thread.
-TETHER_DECL TETHER_VISIBLE pid_t main_thread_tid() noexcept;
+/// The kernel thread id of the calling thread, read once per thread (again in a fork() child): for messages.
+TETHER_DECL TETHER_VISIBLE pid_t current_tid() noexcept;
+
+/// The thread that owns main_thread(): the process's main thread, or in the child of a fork() the thread that
+/// forked, which is the child's only thread.
+TETHER_DECL TETHER_VISIBLE thread_token main_thread_token() noexcept;
+
+/// Tells the fork handler which node is main_thread()'s, so that a child hands it to the thread that forked.
 TETHER_DECL TETHER_VISIBLE void set_main_thread_node(affine_node& main) noexcept;
 
 /// True when the calling thread owns, or may own, an affine executor: it claimed one, or it is the process's main
@@ -45,7 +56,7 @@ TETHER_DECL TETHER_VISIBLE void mark_affine_owner() noexcept;
 /// One blocked call of an owner thread: `waiter` waits on `target`. A fiber waiting counts as its thread waiting,
 /// so a thread may have several.
 struct affine_wait {
-  pid_t waiter;
+  thread_token waiter;
   const affine_node* target;  ///< kept alive by the waiting call's affine_wait_edge
   std::uint64_t token;
 };

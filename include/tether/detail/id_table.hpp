@@ -48,7 +48,8 @@ public:
     friend class id_table;
     static constexpr int address_bits = 48;
     static constexpr std::uint64_t address_mask = (std::uint64_t{1} << address_bits) - 1;
-    static std::uint64_t tag_of(std::uint64_t hash) noexcept { return hash & 0xffff; }
+    static constexpr std::size_t tag_values = std::size_t{1} << (64 - address_bits);
+    static std::uint64_t tag_of(std::uint64_t hash) noexcept { return hash & (tag_values - 1); }
     std::uint64_t tag() const noexcept { return bits_ >> address_bits; }
     void set(task_record& record) noexcept {
       bits_ = tag_of(record.hash) << address_bits | reinterpret_cast<std::uintptr_t>(&record);
@@ -56,7 +57,10 @@ public:
     std::uint64_t bits_ = 0;
   };
 
-  /// Whether the table can hold `record`: its address fits in 48 bits.
+  static_assert(sizeof(slot) == 8, "the registry's prefetch hint counts slots of 8 bytes");
+
+  /// Whether the table can hold `record`: its address fits in 48 bits. (Not where the hardware keeps tags in the
+  /// top byte of pointers, such as Arm's memory tagging when enabled: submit then throws invalid_argument.)
   static bool fits(const task_record& record) noexcept {
     return (reinterpret_cast<std::uintptr_t>(&record) & ~slot::address_mask) == 0;
   }
@@ -148,7 +152,7 @@ private:
   /// Where the entry in `s` belongs. The slot's 16 bits of hash tell in all but tables of over 65,536 slots (over
   /// four million records in the registry's 64), where the record has to be read.
   std::size_t home_of(const slot& s) const noexcept {
-    return (capacity_ <= 0x10000 ? s.tag() : s.record()->hash) & mask();
+    return (capacity_ <= slot::tag_values ? s.tag() : s.record()->hash) & mask();
   }
 
   static void release(slot& s) noexcept {

@@ -20,12 +20,12 @@ namespace tether::inline v1 {
 
 // ---- construction and lifecycle ----------------------------------------------------------------------------------
 
-TETHER_DECL affine_executor::affine_executor(std::string name) : affine_executor(std::move(name), 0) {}
+TETHER_DECL affine_executor::affine_executor(std::string name) : affine_executor(std::move(name), 0, 0) {}
 
-TETHER_DECL affine_executor::affine_executor(std::string name, pid_t owner) {
+TETHER_DECL affine_executor::affine_executor(std::string name, detail::thread_token owner, pid_t owner_tid) {
   if (name.empty())
     detail::raise(errc::invalid_argument, "tether::affine_executor::affine_executor: the name '{}' is empty", name);
-  node_ = std::make_shared<detail::affine_node>(std::move(name), owner);
+  node_ = std::make_shared<detail::affine_node>(std::move(name), owner, owner_tid);
 }
 
 TETHER_DECL affine_executor::~affine_executor() {
@@ -58,7 +58,7 @@ TETHER_DECL bool affine_executor::stopped() const noexcept {
 }
 
 TETHER_DECL bool affine_executor::on_owner_thread() const noexcept {
-  return node_->owner.load(std::memory_order_acquire) == detail::current_tid();
+  return node_->owner.load(std::memory_order_acquire) == detail::current_thread();
 }
 
 TETHER_DECL void affine_executor::close_and_wake() noexcept {
@@ -101,16 +101,17 @@ TETHER_DECL void affine_executor::accept(detail::affine_job* job, const char* ap
 // ---- the owner thread --------------------------------------------------------------------------------------------
 
 TETHER_DECL void affine_executor::claim_owner(const char* api) {
-  const pid_t me = detail::current_tid();
-  pid_t owner = node_->owner.load(std::memory_order_acquire);
+  const detail::thread_token me = detail::current_thread();
+  detail::thread_token owner = node_->owner.load(std::memory_order_acquire);
   if (owner == me) return;
   if (owner == 0 && node_->owner.compare_exchange_strong(owner, me, std::memory_order_acq_rel)) {
+    node_->owner_tid.store(detail::current_tid(), std::memory_order_relaxed);  // relaxed: for messages only
     detail::mark_affine_owner();
     return;
   }
   detail::raise(errc::invalid_argument,
                 "tether::affine_executor::{}: executor '{}' belongs to thread {}, not to the calling thread {}", api,
-                name(), owner, me);
+                name(), node_->owner_tid.load(std::memory_order_relaxed), detail::current_tid());
 }
 
 TETHER_DECL std::size_t affine_executor::run() {
@@ -276,7 +277,9 @@ TETHER_DECL TETHER_VISIBLE affine_executor& main_thread() {
   // thread that forked; the fork handler in affine_graph.ipp hands it over.
   alignas(affine_executor) static unsigned char storage[sizeof(affine_executor)];
   static affine_executor* const instance = [] {
-    auto* made = new (storage) affine_executor(std::string("main_thread"), detail::main_thread_tid());
+    const detail::thread_token owner = detail::main_thread_token();
+    const pid_t owner_tid = owner == detail::current_thread() ? detail::current_tid() : ::getpid();
+    auto* made = new (storage) affine_executor(std::string("main_thread"), owner, owner_tid);
     detail::set_main_thread_node(*made->node_);
     return made;
   }();
