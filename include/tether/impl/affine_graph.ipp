@@ -83,8 +83,11 @@ inline void after_fork_in_child() noexcept {
   std::erase_if(graph.waits, [&](const affine_wait& w) { return w.waiter != me.token; });
   graph.mutex.unlock();
 }
-inline const bool fork_handlers =
-    (::pthread_atfork(&before_fork, &after_fork_in_parent, &after_fork_in_child), true);
+/// Registered once per process, also when several shared objects carry their own copy of this code (hidden
+/// visibility): twice, the second prepare would lock the graph's mutex again and never return.
+inline TETHER_VISIBLE std::atomic<bool> fork_handlers_registered{false};
+inline const bool fork_handlers = !fork_handlers_registered.exchange(true, std::memory_order_acq_rel) &&
+                                  ::pthread_atfork(&before_fork, &after_fork_in_parent, &after_fork_in_child) == 0;
 }  // namespace affine_impl
 
 TETHER_DECL TETHER_VISIBLE thread_token current_thread() noexcept {
