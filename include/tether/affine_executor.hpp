@@ -158,6 +158,9 @@ public:
 
 private:
   friend affine_executor& main_thread();
+  /// fork() handlers of main_thread(): its inbox's lock is held across the fork (see affine_inbox).
+  TETHER_DECL static void lock_main_for_fork() noexcept;
+  TETHER_DECL static void unlock_main_after_fork() noexcept;
   enum class step { ran, idle, stopped };
 
   /// The owner inside run*/poll: producers need not signal it while it looks at the queue.

@@ -103,6 +103,11 @@ public:
     return (head_.load(std::memory_order_seq_cst) & ~sleeping_bit) != 0 || has_ready();
   }
 
+  /// fork(): main_thread()'s inbox is locked across it, so that the child, whose thread owns main_thread() then,
+  /// never finds the lock taken by the parent's main thread, which is not there.
+  void lock_for_fork() noexcept { ready_mutex_.lock(); }
+  void unlock_after_fork() noexcept { ready_mutex_.unlock(); }
+
 private:
   static constexpr std::uintptr_t sleeping_bit = 1, closed_bit = 2, flag_bits = 3;
   static_assert(alignof(affine_job) > flag_bits, "a job's address must leave the two low bits for the flags");

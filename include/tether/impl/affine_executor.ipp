@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <sys/eventfd.h>
+#include <pthread.h>
 #include <unistd.h>
 
 namespace tether::inline v1 {
@@ -286,7 +287,14 @@ TETHER_DECL TETHER_VISIBLE affine_executor& main_thread() {
   static const struct stop_at_exit {
     ~stop_at_exit() { instance->stop(); }
   } stopper;
+  static const bool fork_safe =
+      ::pthread_atfork(&affine_executor::lock_main_for_fork, &affine_executor::unlock_main_after_fork,
+                       &affine_executor::unlock_main_after_fork) == 0;
+  (void)fork_safe;
   return *instance;
 }
+
+TETHER_DECL void affine_executor::lock_main_for_fork() noexcept { main_thread().inbox_.lock_for_fork(); }
+TETHER_DECL void affine_executor::unlock_main_after_fork() noexcept { main_thread().inbox_.unlock_after_fork(); }
 
 }  // namespace tether::inline v1
