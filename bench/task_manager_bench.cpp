@@ -321,6 +321,13 @@ void idle_latency_paired(benchmark::State& state) {
   state.counters["line_round_trip_ns"] = std::max(round_trip_before, tether_bench::line_round_trip_ns());
 }
 
+/// CPU time the whole process has used so far, in seconds: every thread's, spinning and waking included.
+double process_cpu_seconds() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9;
+}
+
 /// Throughput, tether's keyed tasks and asio::thread_pool's post, one batch of each in turn per iteration; tether
 /// is at its retention bound (the second argument) from the first batch on, so every task that ends evicts an older
 /// result. At the default bound of 100,000 the retained records and id tables are tens of megabytes, and eviction
@@ -331,7 +338,8 @@ void idle_latency_paired(benchmark::State& state) {
 /// They differ for asio: its batches run either near its best or at a third to a half of it, in spells of several
 /// batches, while tether's batches in between hold their rate. In its slow batches asio's workers sleep and are
 /// woken two to three times as often. The median shows each peer at its usual best; the overall rate is
-/// what a sustained load gets.
+/// what a sustained load gets. And the CPU each peer's process spent per task: on two vCPUs that a flood keeps busy
+/// it decides the rate, and it moves much less from run to run than the rate does.
 void throughput_paired(benchmark::State& state) {
   const auto count = static_cast<int>(state.range(0));
   asio_pool asio;
@@ -339,16 +347,21 @@ void throughput_paired(benchmark::State& state) {
   run_batch(tether, count);  // to the retention bound before anything is measured
   const double round_trip_before = tether_bench::line_round_trip_ns();
   std::vector<double> asio_rate, tether_rate;
-  double asio_seconds = 0, tether_seconds = 0;
-  const auto timed = [count](auto& pool, std::vector<double>& rates, double& total) {
+  double asio_seconds = 0, tether_seconds = 0, asio_cpu = 0, tether_cpu = 0;
+  const auto timed = [count](auto& pool, std::vector<double>& rates, double& total, double& cpu) {
+    const double cpu_before = process_cpu_seconds();
     const double seconds = timed_batch(pool, count);
+    cpu += process_cpu_seconds() - cpu_before;
     rates.push_back(count / seconds);
     total += seconds;
   };
   for (auto _ : state) {
-    timed(asio, asio_rate, asio_seconds);
-    timed(tether, tether_rate, tether_seconds);
+    timed(asio, asio_rate, asio_seconds, asio_cpu);
+    timed(tether, tether_rate, tether_seconds, tether_cpu);
   }
+  const double tasks = static_cast<double>(state.iterations()) * count;
+  state.counters["asio_cpu_ns_per_task"] = asio_cpu / tasks * 1e9;
+  state.counters["tether_cpu_ns_per_task"] = tether_cpu / tasks * 1e9;
   const double a = percentile(asio_rate, 0.5), t = percentile(tether_rate, 0.5);
   state.counters["asio_per_s"] = a;
   state.counters["tether_per_s"] = t;
