@@ -158,9 +158,11 @@ public:
 
 private:
   friend affine_executor& main_thread();
-  /// fork() handlers of main_thread(): its inbox's lock is held across the fork (see affine_inbox).
+  /// fork() handlers of main_thread(): its inbox's lock is held across the fork (see affine_inbox), and in the
+  /// child the thread that forked, the only one there, owns it.
   TETHER_DECL static void lock_main_for_fork() noexcept;
-  TETHER_DECL static void unlock_main_after_fork() noexcept;
+  TETHER_DECL static void unlock_main_in_parent() noexcept;
+  TETHER_DECL static void hand_main_to_child() noexcept;
   enum class step { ran, idle, stopped };
 
   /// The owner inside run*/poll: producers need not signal it while it looks at the queue.

@@ -43,9 +43,6 @@ TETHER_DECL TETHER_VISIBLE pid_t current_tid() noexcept;
 /// forked, which is the child's only thread.
 TETHER_DECL TETHER_VISIBLE thread_token main_thread_token() noexcept;
 
-/// Tells the fork handler which node is main_thread()'s, so that a child hands it to the thread that forked.
-TETHER_DECL TETHER_VISIBLE void set_main_thread_node(affine_node& main) noexcept;
-
 /// True when the calling thread owns, or may own, an affine executor: it claimed one, or it is the process's main
 /// thread (which owns main_thread()). Only such threads can be part of a cycle, so only they pay for the check.
 TETHER_DECL TETHER_VISIBLE bool may_own_affine_executor() noexcept;

@@ -274,27 +274,31 @@ TETHER_DECL void affine_executor::report(std::exception_ptr escaped) noexcept {
 
 TETHER_DECL TETHER_VISIBLE affine_executor& main_thread() {
   // Built in place and never destroyed; stopped at exit, so a thread that calls it late gets executor_stopped
-  // instead of a dead object. Its owner is the main thread (whose kernel id is the process id), or after a fork() the
-  // thread that forked; the fork handler in affine_graph.ipp hands it over.
+  // instead of a dead object. Its owner is the main thread, or after a fork() the thread that forked: its handlers
+  // below hand it over. Either way that thread's kernel id is the process id.
   alignas(affine_executor) static unsigned char storage[sizeof(affine_executor)];
-  static affine_executor* const instance = [] {
-    const detail::thread_token owner = detail::main_thread_token();
-    const pid_t owner_tid = owner == detail::current_thread() ? detail::current_tid() : ::getpid();
-    auto* made = new (storage) affine_executor(std::string("main_thread"), owner, owner_tid);
-    detail::set_main_thread_node(*made->node_);
-    return made;
-  }();
+  static affine_executor* const instance =
+      new (storage) affine_executor(std::string("main_thread"), detail::main_thread_token(), ::getpid());
   static const struct stop_at_exit {
     ~stop_at_exit() { instance->stop(); }
   } stopper;
   static const bool fork_safe =
-      ::pthread_atfork(&affine_executor::lock_main_for_fork, &affine_executor::unlock_main_after_fork,
-                       &affine_executor::unlock_main_after_fork) == 0;
+      ::pthread_atfork(&affine_executor::lock_main_for_fork, &affine_executor::unlock_main_in_parent,
+                       &affine_executor::hand_main_to_child) == 0;
   (void)fork_safe;
   return *instance;
 }
 
 TETHER_DECL void affine_executor::lock_main_for_fork() noexcept { main_thread().inbox_.lock_for_fork(); }
-TETHER_DECL void affine_executor::unlock_main_after_fork() noexcept { main_thread().inbox_.unlock_after_fork(); }
+
+TETHER_DECL void affine_executor::unlock_main_in_parent() noexcept { main_thread().inbox_.unlock_after_fork(); }
+
+TETHER_DECL void affine_executor::hand_main_to_child() noexcept {
+  affine_executor& main = main_thread();
+  main.node_->owner.store(detail::current_thread(), std::memory_order_release);  // the token it had in the parent
+  main.node_->owner_tid.store(::getpid(), std::memory_order_relaxed);  // relaxed: for messages only
+  detail::mark_affine_owner();
+  main.inbox_.unlock_after_fork();
+}
 
 }  // namespace tether::inline v1

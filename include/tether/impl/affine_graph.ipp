@@ -32,10 +32,8 @@ inline TETHER_VISIBLE thread_identity& this_thread() noexcept {
 }
 inline TETHER_VISIBLE std::atomic<thread_token> next_token{2};  // 1 is the main thread's
 
-/// main_thread()'s owner once a fork() made another thread the child's only one (0: the main thread), and its
-/// node once main_thread() exists.
+/// main_thread()'s owner once a fork() made another thread the child's only one (0: the main thread).
 inline TETHER_VISIBLE thread_token forked_main = 0;
-inline TETHER_VISIBLE std::atomic<affine_node*> main_node{nullptr};
 
 /// Depth first from `from`: true when owners waiting on executors lead back to a node that `me` owns. `path`, when
 /// given, receives the executors along the way (only wanted for the message, once a cycle is known). The graph
@@ -63,8 +61,9 @@ inline std::string describe_cycle(const std::vector<const affine_node*>& path) {
 }
 
 // fork(): the child has only the thread that forked. It keeps its token, so it keeps the executors it owned, and
-// it takes over main_thread(). The graph's lock is held across the fork, so that the child never finds it taken by
-// a thread that is not there; the child then forgets the waits of those threads.
+// it takes over main_thread() (main_thread()'s own handlers hand it over). The graph's lock is held across the
+// fork, so that the child never finds it taken by a thread that is not there; the child then forgets the waits of
+// those threads.
 inline void before_fork() noexcept {
   (void)current_thread();  // made now, in the parent, so that the child's thread keeps it
   affine_wait_graph().mutex.lock();
@@ -75,10 +74,6 @@ inline void after_fork_in_child() noexcept {
   me.tid = ::gettid();
   me.owner_flag = 1;
   forked_main = me.token;
-  if (affine_node* main = main_node.load(std::memory_order_acquire)) {
-    main->owner.store(me.token, std::memory_order_release);
-    main->owner_tid.store(me.tid, std::memory_order_relaxed);  // relaxed: for messages only
-  }
   affine_graph& graph = affine_wait_graph();
   std::erase_if(graph.waits, [&](const affine_wait& w) { return w.waiter != me.token; });
   graph.mutex.unlock();
@@ -105,10 +100,6 @@ TETHER_DECL TETHER_VISIBLE pid_t current_tid() noexcept {
 
 TETHER_DECL TETHER_VISIBLE thread_token main_thread_token() noexcept {
   return affine_impl::forked_main != 0 ? affine_impl::forked_main : 1;
-}
-
-TETHER_DECL TETHER_VISIBLE void set_main_thread_node(affine_node& main) noexcept {
-  affine_impl::main_node.store(&main, std::memory_order_release);
 }
 
 TETHER_DECL TETHER_VISIBLE bool may_own_affine_executor() noexcept {
